@@ -1,0 +1,93 @@
+# Kiln. `make serve` on a fresh machine: venv, install, train the demo model, export, serve on :8000.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KILN := $(VENV)/bin/kiln
+REPO ?= model_repository
+CKPT_LM ?= checkpoints/demo-lm
+CKPT_VISION ?= checkpoints/demo-vision
+TRAIN_STEPS ?= 320
+VISION_STEPS ?= 1500
+PYTEST_ARGS ?=
+# make export TARGET=triton: also the decoupled Triton model (docs/triton.md); TENSORRT=1: a verified
+# TensorRT engine too (needs CUDA; skipped with the reason otherwise).
+TARGET ?= inprocess
+TENSORRT ?=
+EXPORT_OUT_inprocess := $(REPO)/demo-lm/kiln.json
+EXPORT_OUT_triton := $(REPO)/demo-lm-triton/config.pbtxt
+
+.PHONY: install models export serve test lint bench bench-generate bench-classify eval clean proto triton-tools loadtest deploy-tools
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned inside the `export` extra (the CPU wheel on disk); never a bare torch.
+	$(PY) -m pip install -q -e '.[export,dev]'
+	touch $@
+
+models: install $(CKPT_LM)/model.safetensors $(CKPT_VISION)/model.safetensors
+
+$(CKPT_LM)/model.safetensors:
+	$(KILN) train-demo --out $(CKPT_LM) --steps $(TRAIN_STEPS)
+
+# The digit-scene classifier (~4 CPU minutes, deterministic under --seed).
+$(CKPT_VISION)/model.safetensors:
+	$(KILN) train-demo --task vision --out $(CKPT_VISION) --steps $(VISION_STEPS)
+
+export: models $(EXPORT_OUT_$(strip $(TARGET))) $(REPO)/demo-vit/kiln.json
+
+$(REPO)/demo-lm/kiln.json: $(CKPT_LM)/model.safetensors
+	$(KILN) export --checkpoint $(CKPT_LM) --repository $(REPO) --name demo-lm $(if $(strip $(TENSORRT)),--tensorrt)
+
+$(REPO)/demo-lm-triton/config.pbtxt: $(CKPT_LM)/model.safetensors
+	$(KILN) export --checkpoint $(CKPT_LM) --repository $(REPO) --name demo-lm --target triton \
+		$(if $(strip $(TENSORRT)),--tensorrt)
+
+$(REPO)/demo-vit/kiln.json: $(CKPT_VISION)/model.safetensors
+	$(KILN) export --checkpoint $(CKPT_VISION) --repository $(REPO) --name demo-vit
+
+# Test-split accuracy (single / multi / multi+flip per aggregation), ECE, conformal coverage -> docs/vision.md
+eval: install $(REPO)/demo-vit/kiln.json
+	$(PY) -m export.vision.evaluate --repository $(REPO) --name demo-vit --out docs/vision.md
+
+serve: export
+	KILN_MODEL_REPOSITORY=$(REPO) $(KILN) serve
+
+# Offline deployment checkers for tests/deploy (kubectl, kubernetes-validate, hadolint, promtool, buildah...).
+deploy-tools: install
+	VENV=$(VENV) deploy/tools/install.sh
+
+test: install deploy-tools triton-tools
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# A real tritonserver (CPU) for the integration tests: deploy/triton/install.sh is idempotent. If it
+# fails, the reason goes to .triton-install-failed and the Triton tests skip, quoting it.
+triton-tools:
+	@rm -f .triton-install-failed
+	@bash deploy/triton/install.sh > .triton-install.log 2>&1 \
+		|| { cp .triton-install.log .triton-install-failed; cat .triton-install-failed >&2; \
+		     echo "triton-tools: install failed; the Triton integration tests will skip" >&2; }
+
+lint: install
+	$(VENV)/bin/ruff check service export tests loadtests deploy
+	$(VENV)/bin/ruff format --check service export tests loadtests deploy
+
+bench: bench-generate bench-classify
+
+bench-generate: install
+	$(PY) -m pip install -q -e '.[export,dev,bench]'
+	$(PY) loadtests/bench_generate.py --out docs/benchmarks.md
+
+loadtest: export
+	$(PY) loadtests/run_load.py --repository $(REPO) --model demo-lm --classifier demo-vit --out-dir runs/load --doc docs/load.md
+
+bench-classify: install $(REPO)/demo-vit/kiln.json
+	$(PY) loadtests/bench_classify.py --repository $(REPO) --name demo-vit --checkpoint $(CKPT_VISION) --out docs/vision.md
+
+clean:
+	rm -rf $(REPO)/*/ checkpoints .pytest_cache
+
+proto: install
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. service/rpc/kiln_v1.proto

@@ -1,0 +1,143 @@
+"""`kiln export`: checkpoint → verified ONNX (+ variants) → one Triton model-repository entry.
+
+Everything is written into a temporary sibling directory and swapped in at the end, so a
+failed or interrupted export never leaves a half-written model where a gateway (or Triton)
+would load it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from export.checkpoint import load_checkpoint
+from export.onnx_export import export_lm_onnx, input_names, output_names, toolchain_versions
+from export.triton_repo import lm_onnx_config, staged_entry, triton_lm_name, write_config, write_lm_python_entry
+from export.variants import optimize_offline, perplexity, quantize_int8, token_windows
+from export.verify import verify_lm
+
+VERSION_DIR = "1"
+FILES = {"fp32": "1/model.onnx", "optimized": "1/model.opt.onnx", "int8": "1/model.int8.onnx"}
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    repository: Path,
+    name: str,
+    variants: bool = True,
+    val_texts: Sequence[str] | None = None,
+    tolerance: float = 1e-4,
+    ppl_tokens: int = 8192,
+    target: str = "inprocess",
+    tensorrt: bool = False,
+    fp16: bool = False,
+) -> dict:
+    """Export, verify and write `repository/name`; returns the export report (also saved as JSON).
+
+    target="triton" also writes `repository/<name>-triton/`, the decoupled python-backend model
+    that runs Kiln's engine inside Triton (docs/triton.md). tensorrt=True builds and verifies a
+    TensorRT engine from the fp32 graph when TensorRT and a CUDA GPU are present, and records
+    why it was skipped otherwise.
+    """
+    if target not in ("inprocess", "triton"):
+        raise ValueError(f"unknown export target {target!r} (inprocess or triton)")
+    started = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg = ckpt.model, ckpt.config
+    with staged_entry(repository, name) as staging:
+        report: dict = {
+            "name": name,
+            "kind": "text-generation",
+            "checkpoint": str(checkpoint),
+            "source": ckpt.source,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "config": cfg.__dict__,
+            "verification": {},
+            "perplexity": {},
+            "size_bytes": {},
+            "timings_s": {},
+            "versions": toolchain_versions(),
+        }
+        t = time.perf_counter()
+        fp32 = export_lm_onnx(model, staging / FILES["fp32"])
+        report["timings_s"]["export"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report["verification"]["fp32"] = verify_lm(model, fp32, tolerance)
+        produced = {"fp32": fp32}
+        if variants:
+            opt = optimize_offline(fp32, staging / FILES["optimized"])
+            report["verification"]["optimized"] = verify_lm(model, opt, tolerance)
+            int8 = quantize_int8(fp32, staging / FILES["int8"])
+            # INT8 is not expected to match fp32 to 1e-4: its cost is reported as perplexity.
+            report["verification"]["int8"] = verify_lm(model, int8, tolerance, raise_on_fail=False)
+            produced.update(optimized=opt, int8=int8)
+        report["timings_s"]["verify"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        texts = list(val_texts) if val_texts is not None else _default_val_texts()
+        windows = token_windows(
+            ckpt.tokenizer, texts, cfg.bos_token_id, min(256, cfg.max_position_embeddings), ppl_tokens
+        )
+        report["perplexity_tokens"] = sum(len(w) - 1 for w in windows)
+        for variant, path in produced.items():
+            report["perplexity"][variant] = perplexity(path, windows, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
+            report["size_bytes"][variant] = path.stat().st_size
+        if "int8" in report["perplexity"]:
+            report["int8_perplexity_increase_pct"] = 100 * (
+                report["perplexity"]["int8"] / report["perplexity"]["fp32"] - 1
+            )
+        report["timings_s"]["perplexity"] = time.perf_counter() - t
+
+        ckpt.tokenizer.save(str(staging / "tokenizer.json"))
+        manifest = {
+            "kind": "text-generation",
+            "name": name,
+            "files": {k: FILES[k] for k in produced},
+            "tokenizer": "tokenizer.json",
+            "num_layers": cfg.num_layers,
+            "num_heads": cfg.num_heads,
+            "num_kv_heads": cfg.num_kv_heads,
+            "head_dim": cfg.head_dim,
+            "hidden_size": cfg.hidden_size,
+            "vocab_size": cfg.vocab_size,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id,
+            "add_bos": ckpt.add_bos,
+            "generation_defaults": GENERATION_DEFAULTS,
+            "inputs": input_names(cfg.num_layers),
+            "outputs": output_names(cfg.num_layers),
+        }
+        if target == "triton":
+            manifest["triton_model"] = triton_lm_name(name)
+        if tensorrt:
+            from export.tensorrt import build_lm_engine
+
+            t = time.perf_counter()
+            report["tensorrt"] = build_lm_engine(fp32, staging / VERSION_DIR / "model.plan", cfg, fp16=fp16)
+            report["timings_s"]["tensorrt"] = time.perf_counter() - t
+        (staging / "kiln.json").write_text(json.dumps(manifest, indent=2))
+        write_config(staging, lm_onnx_config(name, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size))
+        report["timings_s"]["total"] = time.perf_counter() - started
+        report["summary"] = {
+            "model": name,
+            "parameters": report["parameters"],
+            "max_abs_logits": {k: v["max_abs_logits"] for k, v in report["verification"].items()},
+            "perplexity": report["perplexity"],
+            "size_mb": {k: round(v / 2**20, 2) for k, v in report["size_bytes"].items()},
+        }
+        (staging / "export_report.json").write_text(json.dumps(report, indent=2, default=str))
+    if target == "triton":
+        entry = write_lm_python_entry(repository / name, repository)
+        report["triton"] = {"model": entry.name, "path": str(entry)}
+    return report
+
+
+def _default_val_texts() -> list[str]:
+    from export.train_demo.corpus import load_corpus
+
+    return load_corpus().val

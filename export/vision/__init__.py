@@ -1,0 +1,1 @@
+"""Image classifiers: demo data, a small ViT, timm models, training, calibration and export."""

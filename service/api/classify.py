@@ -1,0 +1,125 @@
+"""POST /classify: images as multipart uploads, JSON base64 or a raw image body.
+
+Options come from the query string, and also from JSON body fields or multipart form fields
+(the body wins). Decoding and cropping run in the model's thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from service.api.schemas import ErrorResponse
+from service.errors import InvalidRequest
+from service.vision.model import ClassifyOptions
+from service.vision.preprocess import UnsupportedMediaType
+
+router = APIRouter()
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 503)}
+
+
+class ClassifyParams(BaseModel):
+    """The options of /classify (query string, JSON fields or form fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="Model name; optional when one classifier is loaded.")
+    views: str = Field("multi", description="`single` (the whole image) or `multi` (global + grid×grid tiles).")
+    grid: int = Field(3, description="Tiles per side for `multi` (<= KILN_CLASSIFY_MAX_GRID).")
+    overlap: float = Field(0.25, description="Fraction of a tile shared with its neighbour, 0-0.9.")
+    tta_flip: bool = Field(False, description="Add the horizontal mirror of every view.")
+    aggregate: str = Field("confidence_weighted", description="mean | max | topk_mean | confidence_weighted.")
+    k: int = Field(3, description="k for topk_mean.")
+    top_k: int = Field(5, description="Labels returned per image.")
+    calibrated: bool | None = Field(None, description="Apply the fitted temperature (default: when available).")
+    prediction_set: bool = Field(False, description="Return the split-conformal prediction set.")
+    return_views: bool = Field(False, description="Return every view's probabilities.")
+
+    def options(self) -> ClassifyOptions:
+        return ClassifyOptions(**self.model_dump(exclude={"model"}))
+
+
+def parse_params(fields: dict) -> ClassifyParams:
+    try:
+        return ClassifyParams(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise InvalidRequest(f"unknown parameter `{loc}`", code="unknown_parameter") from exc
+        raise InvalidRequest(f"`{loc}`: {first['msg']}", code="invalid_parameter", param=loc) from exc
+
+
+def decode_b64(value: object, index: int) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"image {index} must be a base64 string", code="invalid_base64")
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"image {index} is not valid base64", code="invalid_base64") from exc
+
+
+async def read_request(request: Request, max_images: int) -> tuple[list[bytes], dict]:
+    """(image bytes, option fields) from any of the accepted body types."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fields: dict = dict(request.query_params)
+    images: list[bytes] = []
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=max_images + 1, max_fields=64)
+        except Exception as exc:  # starlette: too many files/fields or a malformed body
+            if "Too many files" in str(exc):
+                raise InvalidRequest(
+                    f"more than {max_images} images (KILN_CLASSIFY_MAX_IMAGES)", code="too_many_images"
+                ) from exc
+            raise InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                images.append(await value.read())
+            else:
+                fields[key] = value
+    elif ctype == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest("request body is not valid JSON", code="invalid_json") from exc
+        if not isinstance(body, dict):
+            raise InvalidRequest("the JSON body must be an object", code="invalid_json")
+        raw = body.pop("images", None)
+        single = body.pop("image", None)
+        items = ([single] if single is not None else []) + (list(raw) if isinstance(raw, list) else [])
+        if raw is not None and not isinstance(raw, list):
+            raise InvalidRequest("`images` must be a list of base64 strings", code="invalid_parameter")
+        if len(items) > max_images:
+            raise InvalidRequest(f"{len(items)} images exceed the limit of {max_images}", code="too_many_images")
+        images = [decode_b64(v, i) for i, v in enumerate(items)]
+        fields.update(body)
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":
+        images = [await request.body()]
+    else:
+        raise UnsupportedMediaType(
+            f"content-type {ctype or 'none'!r} is not accepted: send multipart/form-data, application/json "
+            "(base64 images) or an image/* body",
+            code="unsupported_media_type",
+        )
+    return images, fields
+
+
+@router.post("/classify", responses=ERRORS)
+async def classify(request: Request) -> dict:
+    registry = request.app.state.registry
+    settings = request.app.state.settings
+    images, fields = await read_request(request, settings.classify_max_images)
+    params = parse_params(fields)
+    model = registry.vision_model(params.model)
+    out = await model.classify(images, params.options(), protocol="http")
+    return {"id": getattr(request.state, "request_id", None) or f"cls-{uuid.uuid4().hex[:16]}", **out}

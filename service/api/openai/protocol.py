@@ -1,0 +1,105 @@
+"""OpenAI Completions wire schema (the subset Kiln serves; the rest is refused, never ignored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import InvalidRequest
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    user: str | None = None
+    # Accepted only at their neutral values: anything else is refused with a clear error.
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    # Kiln extensions (as vLLM does): top_k and repetition_penalty.
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+
+    def refuse_unsupported(self) -> None:
+        unsupported = {
+            "echo": self.echo,
+            "suffix": self.suffix is not None,
+            "best_of": self.best_of not in (None, 1, self.n),
+            "presence_penalty": self.presence_penalty != 0.0,
+            "frequency_penalty": self.frequency_penalty != 0.0,
+            "logit_bias": bool(self.logit_bias),
+        }
+        for name, used in unsupported.items():
+            if used:
+                raise InvalidRequest(f"`{name}` is not supported by Kiln", code="unsupported_parameter", param=name)
+        if not isinstance(self.prompt, str) and not all(isinstance(p, str) for p in self.prompt):
+            raise InvalidRequest(
+                "token-id prompts are not supported; send text", code="unsupported_parameter", param="prompt"
+            )
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)  # type: ignore[arg-type]
+
+    @property
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class LogProbs(BaseModel):
+    tokens: list[str] = []
+    token_logprobs: list[float] = []
+    top_logprobs: list[dict[str, float]] = []
+    text_offset: list[int] = []
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: LogProbs | None = None
+    finish_reason: str | None = None
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Completion(BaseModel):
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+
+    def sse(self) -> bytes:
+        return f"data: {self.model_dump_json(exclude_none=False)}\n\n".encode()
+
+
+def dump(obj: Any) -> Any:
+    return obj.model_dump() if isinstance(obj, BaseModel) else obj

@@ -1,0 +1,78 @@
+"""Turns a growing list of token ids into safe text deltas.
+
+Two things make streaming text harder than decoding once at the end:
+- a byte-level token can end in the middle of a UTF-8 character, so text that ends in
+  U+FFFD is held back until the character completes;
+- a stop string may be split across tokens, so any tail that could still grow into a stop
+  string is held back until it either completes (generation stops, the stop string and
+  everything after it are dropped) or cannot match any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+REPLACEMENT = "\ufffd"
+
+
+class StreamDecoder:
+    def __init__(self, decode: Callable[[Sequence[int]], str], stop: Sequence[str] = ()) -> None:
+        self._decode = decode
+        self._stop = [s for s in stop if s]
+        self._ids: list[int] = []
+        self._text = ""
+        self._emitted = 0  # characters of _text already handed out
+        self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far (final text once finished)."""
+        return self._text[: self._emitted]
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that is now safe to emit (may be empty)."""
+        if self.stopped:
+            return ""
+        self._ids.append(token_id)
+        self._text = self._decode(self._ids)
+        hit = self._find_stop()
+        if hit is not None:
+            self.stopped = True
+            self._text = self._text[:hit]
+            return self._release(len(self._text))
+        safe = len(self._text)
+        if self._text.endswith(REPLACEMENT):
+            safe = len(self._text.rstrip(REPLACEMENT))
+        safe = min(safe, len(self._text) - self._stop_prefix_len())
+        return self._release(safe)
+
+    def flush(self) -> str:
+        """At the end of generation nothing more can complete: release what was held."""
+        if self.stopped:
+            return ""
+        return self._release(len(self._text))
+
+    def _release(self, upto: int) -> str:
+        if upto <= self._emitted:
+            return ""
+        delta = self._text[self._emitted : upto]
+        self._emitted = upto
+        return delta
+
+    def _find_stop(self) -> int | None:
+        if not self._stop:
+            return None
+        longest = max(len(s) for s in self._stop)
+        start = max(0, self._emitted - longest)
+        hits = [i for s in self._stop if (i := self._text.find(s, start)) != -1]
+        return min(hits) if hits else None
+
+    def _stop_prefix_len(self) -> int:
+        """Length of the longest text suffix that is a proper prefix of a stop string."""
+        best = 0
+        for s in self._stop:
+            for n in range(min(len(s) - 1, len(self._text)), best, -1):
+                if self._text.endswith(s[:n]):
+                    best = n
+                    break
+        return best

@@ -1,0 +1,337 @@
+"""Continuous-batching generation engine.
+
+One thread owns the model runner. Each iteration it (1) drops cancelled and timed-out
+sequences, (2) prefills at most `prefill_tokens` prompt tokens of waiting requests (chunked
+prefill), and (3) runs ONE batched decode step for every active sequence. Sequences join
+and leave between steps, so a short request never waits for a long one to finish.
+
+Chunked prefill: a prompt is prefilled in chunks of at most `prefill_tokens` tokens, one
+token budget per engine step, interleaved with the decode steps; each chunk after the first
+attends to the row's cached prefix. So a decode gap carries at most one budget of prefill,
+never several whole prompts. One sequence is prefilled at a time, in the KV row just after
+the decoding rows (row `len(active)`); when its last chunk is done it samples its first
+token and joins the decode batch in that row. While nothing decodes, up to `prefill_chunk`
+prompts are prefilled whole (nobody waits on them).
+
+The engine is transport-free: requests come in through `submit`, results go out through
+each request's `emit` callback. It never blocks the event loop (ONNX Runtime releases
+the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from service.engine.detokenize import StreamDecoder
+from service.engine.observer import EngineObserver
+from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
+from service.engine.sampling import sample_token, token_logprobs
+from service.errors import QueueFull, Unavailable
+
+log = logging.getLogger("kiln.engine")
+
+
+class _Sequence:
+    """Per-request state while it holds a KV slot."""
+
+    def __init__(self, req: GenerationRequest, decode: Callable[[Sequence[int]], str], vocab: int) -> None:
+        self.req = req
+        self.decoder = StreamDecoder(decode, req.stop)
+        self.rng = np.random.default_rng(req.sampling.seed)
+        self.seen = np.zeros(vocab, dtype=bool)
+        self.seen[[t for t in req.prompt_ids if 0 <= t < vocab]] = True
+        self.generated = 0
+        self.last_token = -1
+        self.admitted = time.monotonic()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.prefilled = 0  # prompt tokens already in the KV cache
+
+    def seen_ids(self) -> np.ndarray:
+        return np.flatnonzero(self.seen) if self.req.sampling.repetition_penalty != 1.0 else _EMPTY
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class GenerationEngine:
+    def __init__(
+        self,
+        runner,  # OrtLMRunner-like: prefill/decode/move_row/release_row, max_batch, max_seq_len
+        decode: Callable[[Sequence[int]], str],
+        eos_token_id: int,
+        vocab_size: int,
+        max_queue: int,
+        prefill_chunk: int = 4,
+        prefill_tokens: int = 16,
+        observer: EngineObserver | None = None,
+        retry_after_s: int = 1,
+        name: str = "lm",
+        step_delay_s: float = 0.0,
+    ) -> None:
+        self.runner = runner
+        self.name = name
+        self._decode_text = decode
+        self.eos = eos_token_id
+        self.vocab = vocab_size
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk  # most prompts started per step
+        self.prefill_tokens = max(1, prefill_tokens)  # most prompt tokens prefilled per step
+        self.retry_after_s = retry_after_s
+        self.obs = observer or EngineObserver()
+        self.step_delay_s = step_delay_s  # fault injection only
+        self._waiting: deque[GenerationRequest] = deque()
+        self._active: list[_Sequence] = []
+        self._prefilling: _Sequence | None = None  # in KV row len(self._active)
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._draining = False
+        self._thread = threading.Thread(target=self._loop, name=f"kiln-engine-{name}", daemon=True)
+
+    # ---- control (any thread) ------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    def begin_drain(self) -> None:
+        with self._cv:
+            self._draining = True
+
+    @property
+    def busy(self) -> int:
+        """Requests admitted or waiting."""
+        with self._cv:
+            return self.slots_in_use + len(self._waiting)
+
+    @property
+    def slots_in_use(self) -> int:
+        return len(self._active) + (self._prefilling is not None)
+
+    def submit(self, req: GenerationRequest) -> None:
+        with self._cv:
+            if self._draining or self._stopping:
+                self.obs.rejected(self.name, "draining")
+                raise Unavailable("server is shutting down; retry on another replica", code="draining")
+            free = self.runner.max_batch - self.slots_in_use
+            if len(self._waiting) >= self.max_queue + max(free, 0):
+                self.obs.rejected(self.name, "queue_full")
+                raise QueueFull(
+                    f"generation queue is full ({self.max_queue} waiting, KILN_MAX_QUEUE); retry later",
+                    headers={"Retry-After": str(self.retry_after_s)},
+                )
+            self._waiting.append(req)
+            self.obs.queue_depth(self.name, len(self._waiting))
+            self._cv.notify()
+
+    # ---- engine thread ------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._waiting and not self._active and self._prefilling is None:
+                    self._cv.wait()
+                if self._stopping:
+                    break
+            try:
+                self._reap()
+                self._prefill()
+                if self._active:
+                    self._step()
+            except Exception as exc:  # a model failure must not kill the loop or hang clients
+                log.exception("engine step failed")
+                self._drop_prefilling("error", f"inference failed: {exc}")
+                for row in range(len(self._active) - 1, -1, -1):
+                    self._finish(row, "error", f"inference failed: {exc}")
+        self._abort_all("server stopped")
+
+    def _next_waiting(self) -> GenerationRequest | None:
+        with self._cv:
+            if not self._waiting or self.runner.max_batch - len(self._active) <= 0:
+                return None
+            req = self._waiting.popleft()
+            self.obs.queue_depth(self.name, len(self._waiting))
+            return req
+
+    def _prefill(self) -> None:
+        """Spend this step's prefill budget: chunks of the prompt(s) being admitted.
+
+        While nothing decodes nobody waits on a prefill: up to `prefill_chunk` prompts are
+        prefilled whole and their first tokens are sampled together afterwards, so no token
+        gap of theirs carries another's prefill. Otherwise at most `prefill_tokens` tokens go.
+        """
+        idle = not self._active
+        budget = None if idle else self.prefill_tokens  # None: no limit
+        joined: list[tuple[int, np.ndarray]] = []  # (row, logits) of prompts done while idle
+        started = 0
+        try:
+            while budget is None or budget > 0:
+                seq = self._prefilling
+                if seq is None:
+                    if started >= self.prefill_chunk:
+                        break
+                    req = self._next_waiting()
+                    if req is None:
+                        break
+                    started += 1
+                    if req.cancelled.is_set() or not req.prompt_ids:
+                        now = time.monotonic()
+                        reason, msg = ("cancelled", "") if req.cancelled.is_set() else ("error", "empty prompt")
+                        waited = now - req.created
+                        req.emit(FinishEvent(reason, len(req.prompt_ids), 0, None, waited, waited, msg))
+                        continue
+                    seq = _Sequence(req, self._decode_text, self.vocab)
+                    self.obs.queue_time(self.name, seq.admitted - req.created)
+                    self._prefilling = seq
+                    self.obs.slots(self.name, self.slots_in_use, self.runner.max_batch)
+                prompt = seq.req.prompt_ids
+                take = len(prompt) - seq.prefilled
+                if budget is not None:
+                    take = min(take, budget)
+                    budget -= take
+                row = len(self._active)
+                logits = self.runner.extend(row, prompt[seq.prefilled : seq.prefilled + take])
+                seq.prefilled += take
+                if seq.prefilled < len(prompt):
+                    continue
+                self._prefilling = None
+                self._active.append(seq)
+                if idle:
+                    joined.append((row, logits))
+                else:
+                    self._accept(row, logits)
+        finally:
+            # Backwards, so a sequence finishing at once (moving the last row into its hole) is safe.
+            for row, logits in reversed(joined):
+                self._accept(row, logits)
+
+    def _drop_prefilling(self, reason: str, message: str = "") -> None:
+        seq = self._prefilling
+        if seq is None:
+            return
+        self._prefilling = None
+        self.runner.release_row(len(self._active))
+        self.obs.slots(self.name, self.slots_in_use, self.runner.max_batch)
+        now = time.monotonic()
+        seq.req.emit(
+            FinishEvent(
+                reason=reason,
+                prompt_tokens=len(seq.req.prompt_ids),
+                completion_tokens=0,
+                ttft_s=None,
+                total_s=now - seq.req.created,
+                queue_s=seq.admitted - seq.req.created,
+                message=message,
+            )
+        )
+
+    def _step(self) -> None:
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
+        self.obs.batch_size(self.name, len(self._active))
+        last = np.fromiter((s.last_token for s in self._active), dtype=np.int64, count=len(self._active))
+        logits = self.runner.decode(last)
+        # Walk backwards so finishing (which moves the last row into the hole) is safe.
+        for row in range(len(self._active) - 1, -1, -1):
+            self._accept(row, logits[row])
+
+    def _accept(self, row: int, logits: np.ndarray) -> None:
+        seq = self._active[row]
+        sampling = seq.req.sampling
+        if sampling.greedy and sampling.repetition_penalty == 1.0:
+            token = int(np.argmax(logits))  # what sample_token returns, without the float64 copy
+        else:
+            token = sample_token(logits, sampling, seq.rng, seq.seen_ids())
+        now = time.monotonic()
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+            self.obs.ttft(self.name, now - seq.req.created)
+        elif seq.last_token_at is not None:
+            self.obs.inter_token(self.name, now - seq.last_token_at)
+        seq.last_token_at = now
+        seq.last_token = token
+        seq.seen[token] = True
+        seq.generated += 1
+        self.obs.tokens(self.name, seq.req.protocol, 1)
+        if token == self.eos and not seq.req.ignore_eos:
+            self._finish(row, "eos")
+            return
+        event = TokenEvent(seq.decoder.push(token), token)
+        if seq.req.logprobs is not None:
+            event.logprob, event.top_logprobs = token_logprobs(logits, token, seq.req.logprobs)
+        seq.req.emit(event)
+        if seq.decoder.stopped:
+            self._finish(row, "stop")
+        elif seq.generated >= seq.req.max_new_tokens:
+            self._finish(row, "length")
+        elif int(self.runner.lengths[row]) >= self.runner.max_seq_len:
+            self._finish(row, "length")
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for row in range(len(self._active) - 1, -1, -1):
+            req = self._active[row].req
+            if req.cancelled.is_set():
+                self._finish(row, "cancelled")
+            elif req.deadline is not None and now >= req.deadline:
+                self._finish(row, "timeout")
+        if self._prefilling is not None:
+            req = self._prefilling.req
+            if req.cancelled.is_set():
+                self._drop_prefilling("cancelled")
+            elif req.deadline is not None and now >= req.deadline:
+                self._drop_prefilling("timeout")
+        with self._cv:
+            expired = [r for r in self._waiting if r.cancelled.is_set() or (r.deadline and now >= r.deadline)]
+            for req in expired:
+                self._waiting.remove(req)
+        for req in expired:
+            reason = "cancelled" if req.cancelled.is_set() else "timeout"
+            req.emit(FinishEvent(reason, len(req.prompt_ids), 0, None, now - req.created, now - req.created))
+
+    def _finish(self, row: int, reason: str, message: str = "") -> None:
+        seq = self._active[row]
+        tail = seq.decoder.flush() if reason in ("length", "eos", "timeout") else ""
+        if tail:
+            seq.req.emit(TokenEvent(tail, -1))
+        last = len(self._active) - 1
+        if row != last:
+            self.runner.move_row(last, row)
+            self._active[row] = self._active[last]
+        self._active.pop()
+        self.runner.release_row(last)
+        if self._prefilling is not None:  # keep it just after the decoding rows
+            self.runner.move_row(last + 1, last)
+            self.runner.release_row(last + 1)
+        self.obs.slots(self.name, self.slots_in_use, self.runner.max_batch)
+        now = time.monotonic()
+        ttft = None if seq.first_token_at is None else seq.first_token_at - seq.req.created
+        seq.req.emit(
+            FinishEvent(
+                reason=reason,
+                prompt_tokens=len(seq.req.prompt_ids),
+                completion_tokens=seq.generated,
+                ttft_s=ttft,
+                total_s=now - seq.req.created,
+                queue_s=seq.admitted - seq.req.created,
+                message=message,
+            )
+        )
+
+    def _abort_all(self, message: str) -> None:
+        self._drop_prefilling("error", message)
+        for row in range(len(self._active) - 1, -1, -1):
+            self._finish(row, "error", message)
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for req in waiting:
+            req.emit(FinishEvent("error", len(req.prompt_ids), 0, None, 0.0, 0.0, message))

@@ -1,0 +1,218 @@
+"""A served text model: tokenizer + runner + engine, and request validation.
+
+This is the transport-free data plane for generation: REST, SSE, gRPC and the OpenAI routes
+call `validate` then `open_stream`, and only translate events to their wire format.
+`BaseTextModel` holds what every backend shares (tokenizer, limits, the non-streaming
+collector); `TextModel` runs the engine in-process, `service.backends.triton_lm.TritonTextModel`
+streams the same events from Kiln's engine inside Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from service.backends.onnxruntime_lm import LMManifest, OrtLMRunner
+from service.engine.engine import GenerationEngine
+from service.engine.observer import EngineObserver
+from service.engine.request import Event, FinishEvent, GenerationRequest, TokenEvent
+from service.engine.sampling import SamplingParams
+from service.errors import DeadlineExceeded, InvalidRequest, KilnError, PromptTooLong
+from service.settings import Settings
+
+
+@dataclass
+class GenerateParams:
+    prompt: str
+    max_new_tokens: int
+    sampling: SamplingParams
+    stop: list[str]
+    timeout_s: float | None = None
+    ignore_eos: bool = False
+    logprobs: int | None = None
+
+
+class EventStream:
+    """Async iterator over one request's events; closing it early cancels the sequence."""
+
+    def __init__(self, req: GenerationRequest, queue: asyncio.Queue[Event]) -> None:
+        self.request = req
+        self._queue = queue
+        self.prompt_tokens = len(req.prompt_ids)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        try:
+            while True:
+                event = await self._queue.get()
+                yield event
+                if isinstance(event, FinishEvent):
+                    return
+        finally:
+            self.request.cancel()  # no-op once finished; frees the slot if the client left
+
+
+class BaseTextModel:
+    """Tokenizer, limits and the non-streaming collector; subclasses provide `open_stream`."""
+
+    kind = "text-generation"
+
+    def __init__(self, manifest: LMManifest, settings: Settings) -> None:
+        self.manifest = manifest
+        self.name = manifest.name
+        self.settings = settings
+        self.tokenizer = Tokenizer.from_file(str(manifest.tokenizer_file))
+
+    @property
+    def context_length(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [self.manifest.bos_token_id, *ids] if self.manifest.add_bos else ids
+
+    def decode(self, ids) -> str:  # type: ignore[no-untyped-def]
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def validate(self, params: GenerateParams) -> list[int]:
+        """Check limits that depend on the model; return the prompt's token ids."""
+        s = self.settings
+        if not params.prompt:
+            raise InvalidRequest("prompt must not be empty", code="empty_prompt")
+        if len(params.prompt) > s.max_prompt_chars:
+            raise PromptTooLong(
+                f"prompt has {len(params.prompt)} characters; the limit is {s.max_prompt_chars} (KILN_MAX_PROMPT_CHARS)"
+            )
+        for text, what in ((params.prompt, "prompt"), *((stop, "stop string") for stop in params.stop)):
+            if not is_valid_unicode(text):
+                raise InvalidRequest(
+                    f"{what} is not valid Unicode (it contains a lone surrogate such as \\ud800)",
+                    code="invalid_prompt" if what == "prompt" else "invalid_stop",
+                )
+        ids = self.encode(params.prompt)
+        budget = self.context_length - params.max_new_tokens
+        if len(ids) > budget:
+            raise PromptTooLong(
+                f"prompt is {len(ids)} tokens but the context is {self.context_length} tokens and "
+                f"max_new_tokens is {params.max_new_tokens}: at most {max(budget, 0)} prompt tokens fit"
+            )
+        return ids
+
+    def open_stream(self, params: GenerateParams, protocol: str = "http") -> EventStream:
+        raise NotImplementedError
+
+    async def generate(
+        self, params: GenerateParams, protocol: str = "http", tokens: list[TokenEvent] | None = None
+    ) -> tuple[str, FinishEvent]:
+        """Non-streaming: collect the text (and the token events when asked); a deadline miss is a 504."""
+        parts: list[str] = []
+        async for event in self.open_stream(params, protocol):
+            if tokens is not None and isinstance(event, TokenEvent) and event.token_id >= 0:
+                tokens.append(event)
+            if isinstance(event, FinishEvent):
+                if event.reason == "timeout":
+                    raise DeadlineExceeded(f"generation did not finish within timeout_s={params.timeout_s}")
+                if event.reason == "error":
+                    raise event.error or KilnError(event.message or "inference failed", code="inference_failed")
+                return "".join(parts), event
+            parts.append(event.text)
+        raise RuntimeError("stream ended without a finish event")
+
+    def begin_drain(self) -> None: ...
+
+    @property
+    def busy(self) -> int:
+        return 0
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TextModel(BaseTextModel):
+    """In-process: ONNX Runtime runner + continuous-batching engine thread."""
+
+    def __init__(self, manifest: LMManifest, settings: Settings, observer: EngineObserver | None = None) -> None:
+        super().__init__(manifest, settings)
+        self.runner = OrtLMRunner(manifest, settings.max_batch, settings.max_seq_len, settings.intra_op_threads)
+        self.engine = GenerationEngine(
+            self.runner,
+            decode=self.decode,
+            eos_token_id=manifest.eos_token_id,
+            vocab_size=manifest.vocab_size,
+            max_queue=settings.max_queue,
+            prefill_chunk=settings.prefill_chunk,
+            prefill_tokens=settings.prefill_chunk_tokens,
+            observer=observer,
+            retry_after_s=settings.retry_after_s,
+            name=manifest.name,
+            step_delay_s=settings.fault_step_delay_ms / 1000.0,
+        )
+
+    @property
+    def context_length(self) -> int:
+        return self.runner.max_seq_len
+
+    def start(self) -> None:
+        self.warmup()  # before the engine thread owns the runner
+        self.engine.start()
+
+    def warmup(self) -> None:
+        """Run one prefill and decode so the first real request pays no first-call costs."""
+        self.runner.prefill(0, self.encode("def"))
+        self.runner.decode(np.array([self.manifest.bos_token_id], dtype=np.int64))
+        self.runner.release_row(0)
+
+    def open_stream(self, params: GenerateParams, protocol: str = "http") -> EventStream:
+        """Validate and enqueue now (errors surface before any response starts), stream later."""
+        prompt_ids = self.validate(params)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        timeout = params.timeout_s if params.timeout_s is not None else self.settings.default_timeout_s
+        req = GenerationRequest(
+            prompt_ids=prompt_ids,
+            max_new_tokens=params.max_new_tokens,
+            sampling=params.sampling,
+            stop=params.stop,
+            emit=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            ignore_eos=params.ignore_eos,
+            logprobs=params.logprobs,
+            protocol=protocol,
+        )
+        self.engine.submit(req)
+        return EventStream(req, queue)
+
+    def begin_drain(self) -> None:
+        self.engine.begin_drain()
+
+    @property
+    def busy(self) -> int:
+        return self.engine.busy
+
+    def close(self) -> None:
+        self.engine.stop()
+
+
+def is_valid_unicode(text: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot: lone surrogates (\\ud800...)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,84 @@
+"""All runtime configuration, read once from `KILN_*` environment variables.
+
+One table in the README documents every field here; keep them in sync.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
+
+    model_repository: Path = Field(Path("model_repository"), description="Triton-layout model repository.")
+    host: str = "0.0.0.0"
+    port: int = 8000
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = gRPC off).")
+    log_level: str = "info"
+    backend: Literal["onnxruntime", "triton"] = Field(
+        "onnxruntime", description="onnxruntime: in-process engine; triton: the engine runs in Triton (docs/triton.md)."
+    )
+    triton_url: str = Field("localhost:8001", description="Triton's gRPC address (KILN_BACKEND=triton).")
+    triton_protocol: Literal["grpc", "http"] = Field(
+        "grpc", description="Protocol to Triton; the decoupled LM streams over grpc only."
+    )
+    triton_retries: int = Field(3, ge=0, le=10, description="Retries (with backoff) before a request gives 503.")
+    triton_backoff_s: float = Field(0.2, gt=0, description="First retry delay; doubles per retry.")
+    triton_timeout_s: float = Field(30.0, gt=0, description="Longest wait for Triton's next response before 503.")
+    lm_variant: Literal["fp32", "optimized", "int8"] = Field(
+        "fp32", description="Which exported LM graph to run (falls back to fp32 if absent)."
+    )
+    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = one per core).")
+
+    # Engine: preallocated KV cache of max_batch slots x max_seq_len positions.
+    max_batch: int = Field(8, ge=1, le=256, description="Concurrent sequences (KV cache slots).")
+    max_seq_len: int = Field(512, ge=16, description="Positions per KV slot (prompt + generated).")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 429.")
+    prefill_chunk: int = Field(4, ge=1, description="Waiting requests admitted (prefilled) per engine step.")
+    prefill_chunk_tokens: int = Field(
+        16, ge=1, description="Prompt tokens prefilled per engine step while others decode (chunked prefill)."
+    )
+
+    # Request limits.
+    max_new_tokens_limit: int = Field(1024, ge=1, description="Largest accepted max_new_tokens.")
+    max_prompt_chars: int = Field(32_768, ge=1, description="Largest accepted prompt, in characters.")
+    max_stop_strings: int = Field(8, ge=0)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body.")
+    max_header_bytes: int = Field(16_384, ge=1024, description="Largest accepted total size of request headers.")
+    default_timeout_s: float | None = Field(None, description="Deadline for requests that give none.")
+
+    # Access control (off when neither is set). Entries: KEY or KEY:model-a|model-b.
+    api_keys: SecretStr | None = Field(None, description="Comma-separated API keys (never logged).")
+    api_keys_file: Path | None = Field(None, description="File of API keys, one entry per line.")
+
+    # Image classification (/classify and gRPC Classify).
+    classify_max_batch: int = Field(64, ge=1, le=4096, description="Views per batched ONNX Runtime run.")
+    classify_max_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long the batcher waits for more views after the first."
+    )
+    classify_max_images: int = Field(16, ge=1, description="Most images in one request.")
+    classify_max_body_bytes: int = Field(33_554_432, ge=1024, description="Largest /classify request body.")
+    classify_max_grid: int = Field(6, ge=1, le=16, description="Largest multi-view grid N (N×N tiles).")
+    classify_workers: int = Field(2, ge=1, description="Threads decoding and cropping images.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Decoded pixels per image (decompression-bomb guard; 413 beyond)."
+    )
+    max_image_side: int = Field(16_384, ge=1, description="Largest image width or height.")
+    image_formats: str = Field("PNG,JPEG,WEBP,BMP,GIF", description="Accepted image formats (415 otherwise).")
+
+    drain_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429.")
+    fault_step_delay_ms: float = Field(
+        0.0, ge=0, description="Fault injection: extra delay per engine step (tests, load drills). Keep 0."
+    )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

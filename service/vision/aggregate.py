@@ -1,0 +1,72 @@
+"""From per-view logits to one distribution per image, and conformal prediction sets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+AGGREGATIONS = ("mean", "max", "topk_mean", "confidence_weighted")
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling of an aggregated distribution: softmax(log p / T).
+
+    For a single view this is exactly softmax(logits / T). For several views it rescales the
+    final answer's confidence without changing how views are weighted against each other.
+    """
+    if temperature == 1.0:
+        return probs
+    return softmax(np.log(np.clip(probs, 1e-30, 1.0)), temperature)
+
+
+def aggregate(probs: np.ndarray, method: str = "mean", k: int = 3) -> np.ndarray:
+    """probs [V, C] (one row per view) → [C], summing to 1.
+
+    - mean: average of the views.
+    - max: per class, the most confident view; renormalized.
+    - topk_mean: per class, the mean of its k highest view probabilities; renormalized.
+    - confidence_weighted: views weighted by confidence 1 - H(p)/log C, so near-uniform
+      views (background tiles) hardly count.
+    """
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError("probs must be [views, classes] with at least one view")
+    if method == "mean":
+        out = probs.mean(axis=0)
+    elif method == "max":
+        out = probs.max(axis=0)
+    elif method == "topk_mean":
+        k = max(1, min(int(k), probs.shape[0]))
+        out = np.sort(probs, axis=0)[-k:].mean(axis=0)
+    elif method == "confidence_weighted":
+        c = probs.shape[1]
+        entropy = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
+        weights = np.clip(1.0 - entropy / np.log(c), 0.0, 1.0) + 1e-6
+        out = (weights[:, None] * probs).sum(axis=0) / weights.sum()
+    else:
+        raise ValueError(f"unknown aggregation {method!r}; one of {AGGREGATIONS}")
+    return out / out.sum()
+
+
+def prediction_set(probs: np.ndarray, threshold: float, method: str = "lac") -> list[int]:
+    """Class indices in the split-conformal set, most probable first.
+
+    Each class is in the set when its conformity score is at most q̂, the score being the one
+    the threshold was fitted on. LAC: 1 - p, so every class with p >= 1 - q̂. APS: the mass of
+    the classes at least as probable as it, so the most probable classes while their cumulative
+    probability stays within q̂. Never empty: the top class is always in the set.
+    """
+    order = np.argsort(-probs, kind="stable")
+    if method == "lac":
+        keep = [int(i) for i in order if probs[i] >= 1.0 - threshold]
+    elif method == "aps":
+        cum = np.cumsum(probs[order])
+        keep = [int(i) for i, c in zip(order, cum, strict=True) if c <= threshold + 1e-12]
+    else:
+        raise ValueError(f"unknown conformal method {method!r}")
+    return keep or [int(order[0])]

@@ -1,0 +1,98 @@
+"""Shared fixtures: tests build their own tiny models; nothing is downloaded."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+TINY_TEXT = [
+    "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "hello world, héllo wörld, 你好世界, emoji 🙂🚀, combining e\u0301\n",
+    "import os\nimport sys\nfor i in range(10):\n    print(i, os.sep, sys.argv)\n",
+]
+
+
+def build_tiny_lm_repo(root: Path, name: str = "tiny-lm", seed: int = 0, target: str = "inprocess") -> Path:
+    """A random-weight tiny LM exported through Kiln's real export pipeline (target="triton":
+    also the decoupled python-backend entry `<name>-triton`)."""
+    import torch
+
+    from export.checkpoint import save_checkpoint
+    from export.models.llama import LlamaConfig, LlamaLM
+    from export.pipeline import export_checkpoint
+    from export.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_TEXT * 5, vocab_size=320)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=256,
+    )
+    model = LlamaLM(cfg).eval()
+    ckpt = save_checkpoint(model, tokenizer, root / "checkpoints" / name)
+    repo = root / "model_repository"
+    export_checkpoint(ckpt, repo, name, variants=False, val_texts=TINY_TEXT, target=target)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lm_repo(tmp_path_factory.mktemp("tiny"))
+
+
+TINY_VIT = dict(image_size=16, patch_size=8, dim=32, depth=1, heads=2, mlp_ratio=2.0, stem="conv")
+
+
+def build_tiny_vision_repo(root: Path, name: str = "tiny-vit", seed: int = 0) -> Path:
+    """A random-weight tiny ViT exported through Kiln's real classifier pipeline, calibrated on
+    a few demo scenes (random weights: the numbers are meaningless, the plumbing is real)."""
+    import torch
+
+    from export.vision.checkpoint import save_vision_checkpoint
+    from export.vision.pipeline import export_classifier
+    from export.vision.train import DATASET, demo_contract
+    from export.vision.vit import ViT, ViTConfig
+
+    torch.manual_seed(seed)
+    cfg = ViTConfig(**TINY_VIT)
+    ckpt = save_vision_checkpoint(
+        ViT(cfg).eval(),
+        "kiln-vit",
+        cfg.to_dict(),
+        demo_contract(cfg.image_size),
+        root / "checkpoints" / name,
+        dataset={"name": DATASET, "seed": seed},
+    )
+    repo = root / "model_repository"
+    export_classifier(ckpt, repo, name, per_source=1, source_limit=16)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_vision_repo(tmp_path_factory.mktemp("tiny-vision"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_vision_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One repository holding a tiny LM and a tiny classifier (the gateway serves both)."""
+    root = tmp_path_factory.mktemp("tiny-both")
+    build_tiny_lm_repo(root)
+    return build_tiny_vision_repo(root)
+
+
+def wait_ready(client, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")

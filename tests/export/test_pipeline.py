@@ -1,0 +1,125 @@
+"""The export pipeline end to end on tiny models: files, verification, variants, Triton config."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from google.protobuf import text_format
+
+from export import pipeline
+from export.checkpoint import load_checkpoint, save_checkpoint
+from export.models.llama import LlamaConfig, LlamaLM
+from export.onnx_export import export_lm_onnx
+from export.tokenizer import train_tokenizer
+from export.verify import VerificationError, verify_lm
+from tests.conftest import TINY_TEXT
+
+
+def _tiny_checkpoint(root, seed: int = 0):  # type: ignore[no-untyped-def]
+    tok = train_tokenizer(TINY_TEXT * 3, vocab_size=300)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    return save_checkpoint(LlamaLM(cfg).eval(), tok, root / "ckpt")
+
+
+def test_repository_entry_has_the_documented_layout(tiny_lm_repo) -> None:
+    entry = tiny_lm_repo / "tiny-lm"
+    for rel in ("config.pbtxt", "1/model.onnx", "tokenizer.json", "kiln.json", "export_report.json"):
+        assert (entry / rel).is_file(), rel
+    manifest = json.loads((entry / "kiln.json").read_text())
+    report = json.loads((entry / "export_report.json").read_text())
+    assert manifest["kind"] == "text-generation" and manifest["files"] == {"fp32": "1/model.onnx"}
+    assert report["verification"]["fp32"]["passed"] and report["verification"]["fp32"]["max_abs_logits"] <= 1e-4
+    assert set(report["verification"]["fp32"]["phases"]) >= {"prefill", "decode_0", "decode_preallocated"}
+    assert report["perplexity"]["fp32"] > 1
+    # Nothing half-written is left beside the entry.
+    assert [p.name for p in tiny_lm_repo.iterdir() if p.name.startswith(".")] == []
+
+
+def test_config_pbtxt_parses_with_tritons_schema_and_matches_the_graph(tiny_lm_repo) -> None:
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    entry = tiny_lm_repo / "tiny-lm"
+    cfg = text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    graph = onnx.load(str(entry / "1/model.onnx"))
+    assert cfg.name == "tiny-lm" and cfg.platform == "onnxruntime_onnx"
+    assert [i.name for i in cfg.input] == [i.name for i in graph.graph.input]
+    assert [o.name for o in cfg.output] == [o.name for o in graph.graph.output]
+    for spec, value in zip(cfg.input, graph.graph.input, strict=True):
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+        assert list(spec.dims) == dims
+
+
+def test_variants_are_verified_and_int8_cost_is_measured(tmp_path) -> None:
+    ckpt = _tiny_checkpoint(tmp_path)
+    report = pipeline.export_checkpoint(ckpt, tmp_path / "repo", "m", variants=True, val_texts=TINY_TEXT)
+    assert set(report["verification"]) == {"fp32", "optimized", "int8"}
+    assert report["verification"]["optimized"]["max_abs_logits"] <= 1e-4
+    assert report["verification"]["int8"]["max_abs_logits"] > 0  # measured, not assumed
+    assert set(report["perplexity"]) == {"fp32", "optimized", "int8"}
+    assert abs(report["perplexity"]["optimized"] / report["perplexity"]["fp32"] - 1) < 1e-3
+    assert "int8_perplexity_increase_pct" in report
+    manifest = json.loads((tmp_path / "repo/m/kiln.json").read_text())
+    assert set(manifest["files"]) == {"fp32", "optimized", "int8"}
+    assert all((tmp_path / "repo/m" / f).is_file() for f in manifest["files"].values())
+
+
+def test_verification_catches_a_graph_that_disagrees(tmp_path) -> None:
+    ckpt = load_checkpoint(_tiny_checkpoint(tmp_path))
+    onnx_file = export_lm_onnx(ckpt.model, tmp_path / "m.onnx")
+    assert verify_lm(ckpt.model, onnx_file)["passed"]
+    with torch.no_grad():
+        ckpt.model.layers[0].mlp.up_proj.weight.add_(1e-2)  # the graph no longer matches the model
+    with pytest.raises(VerificationError, match="exceeds"):
+        verify_lm(ckpt.model, onnx_file)
+
+
+def test_a_failed_export_leaves_the_previous_entry_untouched(tmp_path, monkeypatch) -> None:
+    ckpt = _tiny_checkpoint(tmp_path)
+    repo = tmp_path / "repo"
+    pipeline.export_checkpoint(ckpt, repo, "m", variants=False, val_texts=TINY_TEXT)
+    before = (repo / "m/1/model.onnx").read_bytes()
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise VerificationError("simulated mismatch")
+
+    monkeypatch.setattr(pipeline, "verify_lm", broken)
+    with pytest.raises(VerificationError):
+        pipeline.export_checkpoint(
+            _tiny_checkpoint(tmp_path / "other", seed=5), repo, "m", variants=False, val_texts=TINY_TEXT
+        )
+    assert (repo / "m/1/model.onnx").read_bytes() == before
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]
+
+
+def test_a_hugging_face_llama_directory_exports(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    tok = train_tokenizer(TINY_TEXT * 3, vocab_size=300)
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(hf_cfg).save_pretrained(tmp_path / "hf")
+    tok.save(str(tmp_path / "hf/tokenizer.json"))
+    report = pipeline.export_checkpoint(tmp_path / "hf", tmp_path / "repo", "hf", variants=False, val_texts=TINY_TEXT)
+    assert report["source"] == "huggingface" and report["verification"]["fp32"]["passed"]
+    manifest = json.loads((tmp_path / "repo/hf/kiln.json").read_text())
+    assert (manifest["num_heads"], manifest["num_kv_heads"], manifest["head_dim"]) == (6, 2, 16)

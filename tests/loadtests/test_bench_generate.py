@@ -1,0 +1,48 @@
+"""The generation benchmark runs end to end in its smoke mode and writes the expected table.
+
+No timing assertions: only that every case ran, produced every token, and was reported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "loadtests" / "bench_generate.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_run_writes_the_table(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--models", "tiny", "--quick", "--out", str(out), "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = out.read_text()
+    assert text.startswith("# Generation benchmark")
+    assert "## tiny:" in text and "bandwidth bound" in text
+    for key in ("CPU:", "date:", "onnxruntime", "memory bandwidth"):
+        assert key in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    cases = {(cells[0], cells[1]) for cells in (line.strip("| ").split(" | ") for line in rows)}
+    expected = {("transformers", "1"), ("transformers", "2"), ("kiln", "1"), ("kiln", "2")}
+    expected |= {("kiln-http", "1"), ("kiln-http", "2")}
+    if importlib.util.find_spec("onnxruntime_genai") is not None:
+        expected |= {("ort-genai", "1"), ("ort-genai", "2")}
+    assert expected <= cases, sorted(cases)
+    # Every sequence of every case produced all its tokens (last column: complete).
+    table = [line for line in rows if line.split(" | ")[0].strip("| ") in {c for c, _ in expected}]
+    assert all(line.rstrip(" |").endswith("yes") for line in table), table
+    assert "Kiln in-process / ort-genai, batch 1" in text or "ort-genai" not in {c for c, _ in expected}
+    assert "Kiln HTTP 1 client / Kiln in-process batch 1" in text
