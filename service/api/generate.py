@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from service.api.schemas import ERRORS, SSE_200, GenerateRequest, GenerateResponse, Timings, Usage
+from service.api.schemas import ERRORS, GENERATE_SSE_200, GenerateRequest, GenerateResponse, Timings, Usage
 from service.engine.request import FinishEvent
 from service.engine.sampling import SamplingParams
 from service.engine.textgen import EventStream, GenerateParams, TextModel
@@ -68,7 +68,7 @@ async def until_disconnect(request: Request, poll_s: float = 0.2) -> None:
         await asyncio.sleep(poll_s)
 
 
-@router.post("/generate", response_model=GenerateResponse, responses={**SSE_200, **ERRORS})
+@router.post("/generate", response_model=GenerateResponse, responses={**GENERATE_SSE_200, **ERRORS})
 async def generate(body: GenerateRequest, request: Request):  # type: ignore[no-untyped-def]
     registry = request.app.state.registry
     model = registry.text_model(body.model)

@@ -74,6 +74,42 @@ class ModelList(BaseModel):
 ERRORS: dict[int | str, dict] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 429, 500, 501, 503, 504)
 }
-SSE_200: dict[int | str, dict] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}, "description": "with `stream: true`"}}}
-}
+
+
+def _object(*required: str) -> dict:
+    return {"type": "object", "required": list(required)}
+
+
+def sse_200(description: str, *payloads: dict) -> dict[int | str, dict]:
+    """The 200 `text/event-stream` body, described one event at a time.
+
+    Before OpenAPI 3.2 (FastAPI emits 3.1) the `schema` of an event-stream media type describes
+    each event as parsed by an SSE client, `{event, data, id?, retry?}`, not the raw text;
+    schemathesis validates every streamed event against it, so it must be exact.
+    """
+    json_data = {"type": "string", "contentMediaType": "application/json", "contentSchema": {"anyOf": list(payloads)}}
+    event = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["message", "finish"]},
+            "data": {"anyOf": [{"const": "[DONE]"}, json_data]},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    }
+    return {200: {"content": {"text/event-stream": {"schema": event}}, "description": description}}
+
+
+# /generate streams one event per text chunk, then `event: finish` (usage, timings and, when
+# generation failed after the first byte, an `error` object), then `data: [DONE]`.
+GENERATE_SSE_200 = sse_200(
+    "A JSON body, or with `stream: true` Server-Sent Events: text chunks, `event: finish`, `[DONE]`.",
+    _object("id", "text", "token"),
+    _object("id", "model", "finish_reason", "usage", "timings"),
+)
+# /v1/completions streams OpenAI `text_completion` chunks, then `data: [DONE]`.
+COMPLETIONS_SSE_200 = sse_200(
+    "A JSON body, or with `stream: true` Server-Sent Events of `text_completion` chunks, then `[DONE]`.",
+    _object("id", "object", "created", "model", "choices"),
+)

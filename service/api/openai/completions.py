@@ -17,7 +17,7 @@ from service.api.openai.protocol import (
     CompletionUsage,
     LogProbs,
 )
-from service.api.schemas import ERRORS, SSE_200
+from service.api.schemas import COMPLETIONS_SSE_200, ERRORS
 from service.engine.request import FinishEvent, TokenEvent
 from service.engine.sampling import SamplingParams
 from service.engine.textgen import EventStream, GenerateParams, TextModel
@@ -77,7 +77,7 @@ class LogProbBuilder:
         return step
 
 
-@router.post("/v1/completions", response_model=Completion, responses={**SSE_200, **ERRORS})
+@router.post("/v1/completions", response_model=Completion, responses={**COMPLETIONS_SSE_200, **ERRORS})
 async def completions(body: CompletionRequest, request: Request):  # type: ignore[no-untyped-def]
     body.refuse_unsupported()
     registry = request.app.state.registry
