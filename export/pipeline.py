@@ -13,13 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.checkpoint import load_checkpoint
+from export.fused_graph import GRAPH_KIND, build_fused_lm_onnx
 from export.onnx_export import export_lm_onnx, input_names, output_names, toolchain_versions
 from export.triton_repo import lm_onnx_config, staged_entry, triton_lm_name, write_config, write_lm_python_entry
 from export.variants import optimize_offline, perplexity, quantize_int8, token_windows
-from export.verify import verify_lm
+from export.verify import verify_fused_lm, verify_lm
 
 VERSION_DIR = "1"
-FILES = {"fp32": "1/model.onnx", "optimized": "1/model.opt.onnx", "int8": "1/model.int8.onnx"}
+FILES = {
+    "fp32": "1/model.onnx",
+    "fused": "1/model.fused.onnx",
+    "optimized": "1/model.opt.onnx",
+    "int8": "1/model.int8.onnx",
+}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
 
 
@@ -67,6 +73,10 @@ def export_checkpoint(
         t = time.perf_counter()
         report["verification"]["fp32"] = verify_lm(model, fp32, tolerance)
         produced = {"fp32": fp32}
+        # The graph the in-process engine serves (ONNX Runtime contrib operators, cache updated
+        # in place): same weights, checked against PyTorch the way the engine drives it.
+        fused = build_fused_lm_onnx(model, staging / FILES["fused"])
+        report["verification"]["fused"] = verify_fused_lm(model, fused, tolerance)
         if variants:
             opt = optimize_offline(fp32, staging / FILES["optimized"])
             report["verification"]["optimized"] = verify_lm(model, opt, tolerance)
@@ -82,7 +92,8 @@ def export_checkpoint(
             ckpt.tokenizer, texts, cfg.bos_token_id, min(256, cfg.max_position_embeddings), ppl_tokens
         )
         report["perplexity_tokens"] = sum(len(w) - 1 for w in windows)
-        for variant, path in produced.items():
+        report["size_bytes"]["fused"] = fused.stat().st_size
+        for variant, path in produced.items():  # standard-contract graphs (fused: verified above)
             report["perplexity"][variant] = perplexity(path, windows, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
             report["size_bytes"][variant] = path.stat().st_size
         if "int8" in report["perplexity"]:
@@ -95,7 +106,8 @@ def export_checkpoint(
         manifest = {
             "kind": "text-generation",
             "name": name,
-            "files": {k: FILES[k] for k in produced},
+            "files": {k: FILES[k] for k in [*produced, "fused"]},
+            "graphs": {"fused": GRAPH_KIND},
             "tokenizer": "tokenizer.json",
             "num_layers": cfg.num_layers,
             "num_heads": cfg.num_heads,

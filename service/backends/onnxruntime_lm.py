@@ -44,12 +44,14 @@ class LMManifest:
     eos_token_id: int
     add_bos: bool
     generation_defaults: dict
+    graph: str = "standard"  # graph contract of `onnx_file`: "standard" (traced) or "gqa" (fused)
 
     @classmethod
     def load(cls, model_dir: Path, variant: str = "fp32") -> LMManifest:
         data = json.loads((model_dir / "kiln.json").read_text())
         files = data["files"]
-        onnx_rel = files.get(variant) or files["fp32"]
+        chosen = variant if variant in files else "fp32"
+        onnx_rel = files[chosen]
         return cls(
             name=data.get("name", model_dir.name),
             model_dir=model_dir,
@@ -64,6 +66,7 @@ class LMManifest:
             eos_token_id=int(data["eos_token_id"]),
             add_bos=bool(data.get("add_bos", True)),
             generation_defaults=dict(data.get("generation_defaults", {})),
+            graph=data.get("graphs", {}).get(chosen, "standard"),
         )
 
 
@@ -260,3 +263,69 @@ class OrtLMRunner:
         target = self._capacity_for(int(self.lengths.max()) + 1)
         if target * 2 <= self.cap or not self.lengths.any():
             self._set_capacity(target)
+
+
+class FusedOrtLMRunner(OrtLMRunner):
+    """Runs the fused graph (`export/fused_graph.py`): GroupQueryAttention updates the cache itself.
+
+    Each layer's past and present are bound to the same cache memory, so ONNX Runtime writes
+    the new tokens' keys/values straight into their columns (rotary already applied) and the
+    runner copies nothing back. Valid columns are always 0..length-1 of a row, so a row's
+    state is its length alone: `seqlens_k` (length after the call, minus 1) tells the kernel
+    where the new tokens go and how far to attend. The graph returns logits of the last
+    position only.
+    """
+
+    def __init__(self, manifest: LMManifest, max_batch: int, max_seq_len: int, threads: int = 0) -> None:
+        super().__init__(manifest, max_batch, max_seq_len, threads)
+        self._seqlens_buf = np.zeros(max_batch, np.int32)
+
+    def _run(self, binding: ort.IOBinding, ids: np.ndarray, seqlens: np.ndarray, rows: slice | int) -> np.ndarray:
+        m = self.manifest
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("seqlens_k", seqlens)
+        binding.bind_cpu_input("total_sequence_length", np.array(int(seqlens.max()) + 1, np.int32))
+        binding.bind_output("logits", "cpu")
+        batch = ids.shape[0]
+        shape = [batch, m.num_kv_heads, self.cap, m.head_dim]
+        for i in range(m.num_layers):
+            for kind, view in (("key", self._views[i]), ("value", self._views[m.num_layers + i])):
+                ptr = view[rows].ctypes.data
+                binding.bind_input(f"past_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
+                binding.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
+        self.session.run_with_iobinding(binding)
+        # Only the logits are copied out; the presents *are* the cache.
+        return binding.get_outputs()[0].numpy()
+
+    def extend(self, row: int, token_ids: list[int]) -> np.ndarray:
+        n = len(token_ids)
+        start = int(self.lengths[row])
+        if start + n > self.max_seq_len:
+            raise ValueError(f"row {row}: {start} + {n} tokens exceed max_seq_len {self.max_seq_len}")
+        self._ensure_capacity(start + n + 1)
+        ids = np.asarray(token_ids, np.int64)[None, :]
+        logits = self._run(self._prefill_binding, ids, np.array([start + n - 1], np.int32), row)
+        self.mask[row, start : start + n] = 1
+        self.lengths[row] = start + n
+        return logits[0]
+
+    def decode(self, last_tokens: np.ndarray) -> np.ndarray:
+        n = last_tokens.shape[0]
+        lengths = self.lengths[:n]
+        self._ensure_capacity(int(lengths.max()) + 1)
+        ids = self._ids_buf[:n]
+        ids[:, 0] = last_tokens
+        seqlens = self._seqlens_buf[:n]
+        seqlens[:] = lengths  # the new token lands at column `length`: total - 1 == length
+        logits = self._run(self._binding, ids, seqlens, slice(0, n))
+        self.mask[self._rows[:n], lengths] = 1
+        lengths += 1
+        return logits
+
+
+def make_runner(manifest: LMManifest, max_batch: int, max_seq_len: int, threads: int = 0) -> OrtLMRunner:
+    """The runner for the manifest's graph contract."""
+    cls = FusedOrtLMRunner if manifest.graph == "gqa" else OrtLMRunner
+    return cls(manifest, max_batch, max_seq_len, threads)

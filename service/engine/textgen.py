@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.backends.onnxruntime_lm import LMManifest, OrtLMRunner
+from service.backends.onnxruntime_lm import LMManifest, make_runner
 from service.engine.engine import GenerationEngine
 from service.engine.observer import EngineObserver
 from service.engine.request import Event, FinishEvent, GenerationRequest, TokenEvent
@@ -149,7 +149,7 @@ class TextModel(BaseTextModel):
 
     def __init__(self, manifest: LMManifest, settings: Settings, observer: EngineObserver | None = None) -> None:
         super().__init__(manifest, settings)
-        self.runner = OrtLMRunner(manifest, settings.max_batch, settings.max_seq_len, settings.intra_op_threads)
+        self.runner = make_runner(manifest, settings.max_batch, settings.max_seq_len, settings.intra_op_threads)
         self.engine = GenerationEngine(
             self.runner,
             decode=self.decode,

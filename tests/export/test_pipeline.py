@@ -35,14 +35,28 @@ def _tiny_checkpoint(root, seed: int = 0):  # type: ignore[no-untyped-def]
 
 def test_repository_entry_has_the_documented_layout(tiny_lm_repo) -> None:
     entry = tiny_lm_repo / "tiny-lm"
-    for rel in ("config.pbtxt", "1/model.onnx", "tokenizer.json", "kiln.json", "export_report.json"):
+    for rel in (
+        "config.pbtxt",
+        "1/model.onnx",
+        "1/model.fused.onnx",
+        "tokenizer.json",
+        "kiln.json",
+        "export_report.json",
+    ):
         assert (entry / rel).is_file(), rel
     manifest = json.loads((entry / "kiln.json").read_text())
     report = json.loads((entry / "export_report.json").read_text())
-    assert manifest["kind"] == "text-generation" and manifest["files"] == {"fp32": "1/model.onnx"}
+    assert manifest["kind"] == "text-generation" and manifest["files"] == {
+        "fp32": "1/model.onnx",
+        "fused": "1/model.fused.onnx",
+    }
+    assert manifest["graphs"] == {"fused": "gqa"}
     assert report["verification"]["fp32"]["passed"] and report["verification"]["fp32"]["max_abs_logits"] <= 1e-4
     assert set(report["verification"]["fp32"]["phases"]) >= {"prefill", "decode_0", "decode_preallocated"}
     assert report["perplexity"]["fp32"] > 1
+    fused = report["verification"]["fused"]
+    assert fused["passed"] and fused["max_abs_logits"] <= 1e-4 and fused["max_abs_kv"] <= 1e-4
+    assert set(fused["phases"]) == {"prefill", "prefill_chunk_1", "prefill_chunk_2", "decode_0", "decode_1", "decode_2"}
     # Nothing half-written is left beside the entry.
     assert [p.name for p in tiny_lm_repo.iterdir() if p.name.startswith(".")] == []
 
@@ -63,14 +77,14 @@ def test_config_pbtxt_parses_with_tritons_schema_and_matches_the_graph(tiny_lm_r
 def test_variants_are_verified_and_int8_cost_is_measured(tmp_path) -> None:
     ckpt = _tiny_checkpoint(tmp_path)
     report = pipeline.export_checkpoint(ckpt, tmp_path / "repo", "m", variants=True, val_texts=TINY_TEXT)
-    assert set(report["verification"]) == {"fp32", "optimized", "int8"}
+    assert set(report["verification"]) == {"fp32", "fused", "optimized", "int8"}
     assert report["verification"]["optimized"]["max_abs_logits"] <= 1e-4
     assert report["verification"]["int8"]["max_abs_logits"] > 0  # measured, not assumed
     assert set(report["perplexity"]) == {"fp32", "optimized", "int8"}
     assert abs(report["perplexity"]["optimized"] / report["perplexity"]["fp32"] - 1) < 1e-3
     assert "int8_perplexity_increase_pct" in report
     manifest = json.loads((tmp_path / "repo/m/kiln.json").read_text())
-    assert set(manifest["files"]) == {"fp32", "optimized", "int8"}
+    assert set(manifest["files"]) == {"fp32", "fused", "optimized", "int8"}
     assert all((tmp_path / "repo/m" / f).is_file() for f in manifest["files"].values())
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.join(HERE, "kiln_vendor"))
 
 from tokenizers import Tokenizer  # noqa: E402
 
-from service.backends.onnxruntime_lm import LMManifest, OrtLMRunner  # noqa: E402
+from service.backends.onnxruntime_lm import LMManifest, make_runner  # noqa: E402
 from service.engine.engine import GenerationEngine  # noqa: E402
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent  # noqa: E402
 from service.engine.sampling import SamplingParams  # noqa: E402
@@ -93,9 +93,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.name = args["model_name"]
-        manifest = LMManifest.load(Path(HERE) / "lm", params.get("KILN_LM_VARIANT", "fp32"))
+        manifest = LMManifest.load(Path(HERE) / "lm", params.get("KILN_LM_VARIANT", "fused"))
         self.tokenizer = Tokenizer.from_file(str(manifest.tokenizer_file))
-        runner = OrtLMRunner(
+        runner = make_runner(
             manifest,
             int(params.get("KILN_MAX_BATCH", 8)),
             int(params.get("KILN_MAX_SEQ_LEN", 512)),

@@ -62,8 +62,8 @@ def test_long_prompt_is_chunked_between_decode_steps_with_identical_greedy_token
     finally:
         engine.stop()
     assert fin.completion_tokens == 12
-    assert tokens == recompute_greedy(manifest.onnx_file, manifest, LONG_PROMPT, 12)
-    assert busy_tokens == recompute_greedy(manifest.onnx_file, manifest, PROMPT, 80)[1:]
+    assert tokens == recompute_greedy(manifest, LONG_PROMPT, 12)
+    assert busy_tokens == recompute_greedy(manifest, PROMPT, 80)[1:]
 
     chunks = [i for i, c in enumerate(calls) if c[0] == "extend" and c[1] == 1]
     assert [calls[i][2] for i in chunks] == [4] * (len(LONG_PROMPT) // 4) + [len(LONG_PROMPT) % 4] * (
@@ -88,8 +88,8 @@ def test_a_neighbour_finishing_mid_prefill_moves_the_prefilling_row(tiny_lm_repo
     finally:
         engine.stop()
     assert short_fin.completion_tokens == 6
-    assert short_tokens == recompute_greedy(manifest.onnx_file, manifest, PROMPT, 6)[1:]
-    assert tokens == recompute_greedy(manifest.onnx_file, manifest, LONG_PROMPT, 10)
+    assert short_tokens == recompute_greedy(manifest, PROMPT, 6)[1:]
+    assert tokens == recompute_greedy(manifest, LONG_PROMPT, 10)
     rows = [c[1] for c in calls if c[0] == "extend"]
     assert 1 in rows and 0 in rows  # began in row 1, continued in row 0 once the short one left
     assert engine.slots_in_use == 0 and not runner.lengths.any()

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.backends.onnxruntime_lm import LMManifest, OrtLMRunner, kv_cache_bytes
+from service.backends.onnxruntime_lm import FusedOrtLMRunner, LMManifest, OrtLMRunner, kv_cache_bytes, make_runner
 from service.engine.engine import GenerationEngine
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
 from service.engine.sampling import SamplingParams
@@ -18,9 +18,16 @@ from service.errors import QueueFull, Unavailable
 GREEDY = SamplingParams(temperature=0.0)
 
 
+# Which exported graph the engine tests drive; tests/service/engine/conftest.py runs every test
+# once per graph contract ("fused": GroupQueryAttention, "fp32": the traced standard graph).
+GRAPH = {"variant": "fused"}
+
+
 def make_engine(repo, max_batch=4, max_seq_len=128, max_queue=8, step_delay_s=0.0):  # type: ignore[no-untyped-def]
-    manifest = LMManifest.load(next(repo.glob("*/kiln.json")).parent)
-    runner = OrtLMRunner(manifest, max_batch=max_batch, max_seq_len=max_seq_len, threads=1)
+    manifest = LMManifest.load(next(repo.glob("*/kiln.json")).parent, GRAPH["variant"])
+    runner = make_runner(manifest, max_batch=max_batch, max_seq_len=max_seq_len, threads=1)
+    expected = FusedOrtLMRunner if GRAPH["variant"] == "fused" else OrtLMRunner
+    assert type(runner) is expected, (GRAPH, type(runner))
     engine = GenerationEngine(
         runner,
         decode=lambda ids: "".join(f"<{i}>" for i in ids),
@@ -56,8 +63,9 @@ def request(prompt, n, sampling=GREEDY, **kw):  # type: ignore[no-untyped-def]
     return req, c
 
 
-def recompute_greedy(onnx_file, manifest, prompt, n):  # type: ignore[no-untyped-def]
-    """Reference without a cache: run the whole sequence every step."""
+def recompute_greedy(manifest, prompt, n):  # type: ignore[no-untyped-def]
+    """Reference without a cache: run the whole traced (standard) graph over the sequence every step."""
+    onnx_file = LMManifest.load(manifest.model_dir, "fp32").onnx_file
     sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     ids = list(prompt)
     empty = np.zeros((1, manifest.num_kv_heads, 0, manifest.head_dim), np.float32)
@@ -93,7 +101,7 @@ def test_cached_greedy_equals_full_recompute_and_pytorch(tiny_lm_repo) -> None:
         engine.stop()
     assert fin.reason == "length" and fin.completion_tokens == 24
     # The decoder joins ids as "<id>", so every generated id surfaces as text.
-    assert tokens == recompute_greedy(manifest.onnx_file, manifest, PROMPT, 24)
+    assert tokens == recompute_greedy(manifest, PROMPT, 24)
 
     ckpt = load_checkpoint(tiny_lm_repo.parent / "checkpoints" / manifest.name)
     ids = torch.tensor([PROMPT])

@@ -21,7 +21,7 @@ def test_greedy_across_capacity_steps_equals_full_recompute(tiny_lm_repo) -> Non
     finally:
         engine.stop()
     assert fin.completion_tokens == n
-    assert tokens == recompute_greedy(manifest.onnx_file, manifest, PROMPT, n)
+    assert tokens == recompute_greedy(manifest, PROMPT, n)
     assert runner.cap == CAPACITY_STEP  # back to the smallest capacity once idle
 
 

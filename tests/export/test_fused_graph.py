@@ -1,0 +1,62 @@
+"""The fused (GroupQueryAttention) graph: parity with transformers, its verifier, and its shape."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.checkpoint import load_checkpoint
+from export.fused_graph import build_fused_lm_onnx
+from export.verify import VerificationError, _fused_call, verify_fused_lm
+from tests.export.test_checkpoint import _hf_llama_dir, tokenizer  # noqa: F401 - fixture
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_fused_graph_with_in_place_cache_matches_transformers(tmp_path, tokenizer, tie) -> None:  # noqa: F811
+    """Prefill 10 tokens of two rows, then decode the rest one token at a time, the cache
+    updated in place by the kernel: every step's logits equal transformers' to 1e-4."""
+    hf = _hf_llama_dir(tmp_path / "hf", tokenizer, tie)
+    ckpt = load_checkpoint(tmp_path / "hf")
+    onnx_file = build_fused_lm_onnx(ckpt.model, tmp_path / "fused.onnx")
+    from export.verify import _session
+
+    sess = _session(onnx_file)
+    cfg = ckpt.config
+    ids = torch.randint(3, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(ids).logits.numpy()
+    cache = [np.full((2, cfg.num_kv_heads, 32, cfg.head_dim), 7.0, np.float32) for _ in range(2 * cfg.num_layers)]
+    got = _fused_call(sess, ids[:, :10].numpy(), np.array([9, 9]), cache)
+    assert np.abs(got - expected[:, 9]).max() < 1e-4
+    for t in range(10, 17):
+        got = _fused_call(sess, ids[:, t : t + 1].numpy(), np.array([t, t]), cache)
+        assert np.abs(got - expected[:, t]).max() < 1e-4, t
+    # Columns past the sequences were never touched (the kernel writes only its own positions).
+    assert all((buf[:, :, 17:] == 7.0).all() for buf in cache)
+
+
+def test_verifier_catches_a_graph_that_disagrees(tmp_path, tokenizer) -> None:  # noqa: F811
+    _hf_llama_dir(tmp_path / "hf", tokenizer)
+    model = load_checkpoint(tmp_path / "hf").model
+    onnx_file = build_fused_lm_onnx(model, tmp_path / "fused.onnx")
+    assert verify_fused_lm(model, onnx_file)["passed"]
+    with torch.no_grad():
+        model.layers[1].self_attn.k_proj.weight[0, 0] += 0.5  # the graph now disagrees with the model
+    with pytest.raises(VerificationError, match="fused.onnx"):
+        verify_fused_lm(model, onnx_file)
+
+
+def test_fused_graph_is_a_few_kernels_per_layer(tmp_path, tokenizer) -> None:  # noqa: F811
+    _hf_llama_dir(tmp_path / "hf", tokenizer)
+    model = load_checkpoint(tmp_path / "hf").model
+    graph = onnx.load(str(build_fused_lm_onnx(model, tmp_path / "fused.onnx"))).graph
+    ops = Counter(node.op_type for node in graph.node)
+    layers = model.config.num_layers
+    assert ops["GroupQueryAttention"] == layers
+    assert ops["MatMul"] == 4 * layers + 1  # QKV, output, gate/up, down; LM head
+    assert ops["Softmax"] == 0 and ops["Concat"] == 0
+    assert len(graph.node) <= 12 * layers + 10
