@@ -7,7 +7,7 @@ side, every case on 2 threads with a 32-token prompt, 128 new tokens, greedy, EO
 
   transformers   Hugging Face `generate()` in eager PyTorch, batch 1 and 8
   ort-genai      onnxruntime-genai (model builder, fp32, CPU), batch 1 and 8
-  kiln           Kiln's GenerationEngine + OrtLMRunner in-process, 1 and 8 concurrent sequences
+  kiln           Kiln's GenerationEngine + its ONNX Runtime runner (the fused graph) in-process, 1 and 8 concurrent sequences
   kiln-http      a real `kiln serve` subprocess with N = 1, 8, 32 concurrent streaming clients
 
 Each backend runs in its own worker process (so one runtime's idle thread pool never competes with
@@ -107,7 +107,8 @@ def prepare_model(name: str, workdir: Path, threads: int, ort_genai: bool = True
                 }
             )
         )
-    if not (repo / kiln_name / "kiln.json").exists():
+    manifest_file = repo / kiln_name / "kiln.json"
+    if not manifest_file.exists() or "fused" not in json.loads(manifest_file.read_text())["files"]:
         from export.pipeline import export_checkpoint
 
         log(f"[{name}] Kiln export")
@@ -258,15 +259,15 @@ def worker_kiln(model: dict, prompts: list[dict], batches: list[int], new: int, 
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from service.backends.onnxruntime_lm import LMManifest, OrtLMRunner
+    from service.backends.onnxruntime_lm import LMManifest, make_runner
     from service.engine.engine import GenerationEngine
     from service.engine.request import FinishEvent, GenerationRequest
     from service.engine.sampling import SamplingParams
     from service.settings import Settings
 
     settings = Settings()  # the server's defaults (KV slots, positions, prefill chunk)
-    manifest = LMManifest.load(Path(model["kiln_model"]))
-    runner = OrtLMRunner(manifest, max(max(batches), settings.max_batch), settings.max_seq_len, threads)
+    manifest = LMManifest.load(Path(model["kiln_model"]), settings.lm_variant)  # the graph `kiln serve` runs
+    runner = make_runner(manifest, max(max(batches), settings.max_batch), settings.max_seq_len, threads)
     tok = Tokenizer.from_file(str(manifest.tokenizer_file))
     engine = GenerationEngine(
         runner,
@@ -370,9 +371,10 @@ def worker_profile(model: dict, prompts: list[dict], batches: list[int], new: in
     import onnx
     import onnxruntime as ort
 
-    from service.backends.onnxruntime_lm import LMManifest, OrtLMRunner
+    from service.backends.onnxruntime_lm import LMManifest, make_runner
+    from service.settings import Settings
 
-    manifest = LMManifest.load(Path(model["kiln_model"]))
+    manifest = LMManifest.load(Path(model["kiln_model"]), Settings().lm_variant)
     out: dict = {"graphs": {}, "steps": {}}
     for label, path in (("kiln", manifest.onnx_file), ("ort-genai", Path(model["ort_genai"]) / "model.onnx")):
         if path.exists():
@@ -380,7 +382,7 @@ def worker_profile(model: dict, prompts: list[dict], batches: list[int], new: in
             ops = Counter(n.op_type for n in graph.node if n.op_type != "Constant")
             out["graphs"][label] = {"nodes": sum(ops.values()), "top": ops.most_common(6)}
     for batch in batches:
-        runner = OrtLMRunner(manifest, max(batches), 512, threads)
+        runner = make_runner(manifest, max(batches), 512, threads)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -388,6 +390,7 @@ def worker_profile(model: dict, prompts: list[dict], batches: list[int], new: in
         opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"kiln-bench-profile-{os.getpid()}")
         runner.session = ort.InferenceSession(str(manifest.onnx_file), opts, providers=["CPUExecutionProvider"])
         runner._binding = runner.session.io_binding()
+        runner._prefill_binding = runner.session.io_binding()
         for row in range(batch):
             runner.prefill(row, prompts[row]["ids"])
         last = np.full(batch, 5, np.int64)

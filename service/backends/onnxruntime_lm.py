@@ -47,7 +47,7 @@ class LMManifest:
     graph: str = "standard"  # graph contract of `onnx_file`: "standard" (traced) or "gqa" (fused)
 
     @classmethod
-    def load(cls, model_dir: Path, variant: str = "fp32") -> LMManifest:
+    def load(cls, model_dir: Path, variant: str = "fused") -> LMManifest:
         data = json.loads((model_dir / "kiln.json").read_text())
         files = data["files"]
         chosen = variant if variant in files else "fp32"
