@@ -173,6 +173,9 @@ def write_lm_python_entry(entry: Path, repository: Path, parameters: dict[str, s
         for variant, rel in manifest["files"].items():
             target = lm / Path(rel).name
             _link_or_copy(entry / rel, target)
+            weights = (entry / rel).with_name(Path(rel).name + ".data")  # external data of a >2 GB graph
+            if weights.exists():
+                _link_or_copy(weights, lm / weights.name)
             files[variant] = target.name
         _link_or_copy(entry / manifest.get("tokenizer", "tokenizer.json"), lm / "tokenizer.json")
         (lm / "kiln.json").write_text(json.dumps({**manifest, "files": files, "tokenizer": "tokenizer.json"}, indent=2))
