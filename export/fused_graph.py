@@ -9,7 +9,8 @@ per step:
 - `GroupQueryAttention` (com.microsoft) per layer, with rotary embedding inside and the KV
   cache updated *in place*: the past and present tensors of each layer are bound to the same
   buffer, so the engine never writes new keys/values itself;
-- one packed Q/K/V MatMul and one packed gate/up MatMul per layer;
+- one packed Q/K/V MatMul per layer (the gate and up projections stay apart: splitting a
+  packed result would copy it);
 - `SkipSimplifiedLayerNormalization` (residual add + RMSNorm in one kernel);
 - logits only for the last position of each row (prefill chunks skip the LM head elsewhere).
 
@@ -134,11 +135,11 @@ def build_fused_lm_onnx(model: LlamaLM, out_file: Path) -> Path:
         (attn_out,) = b.node("MatMul", [attn, o_w], [f"{p}attn_out"])
         ln_post = b.weight(f"{p}ln_post", sd[p + "post_attention_layernorm.weight"])
         normed, residual = _skip_norm(b, attn_out, residual, ln_post, eps, f"{p}post")
-        inter = cfg.intermediate_size
-        gu_w = np.concatenate([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]]).T
-        (gu,) = b.node("MatMul", [normed, b.weight(f"{p}gate_up", gu_w)], [f"{p}gu"])
-        split = b.weight(f"{p}split", np.array([inter, inter], np.int64))
-        gate, up = b.node("Split", [gu, split], [f"{p}gate", f"{p}up"], axis=-1)
+        # Gate and up stay two MatMuls: a packed one would need a Split, which copies.
+        gate_w = b.weight(f"{p}gate", sd[p + "mlp.gate_proj.weight"].T)
+        up_w = b.weight(f"{p}up", sd[p + "mlp.up_proj.weight"].T)
+        (gate,) = b.node("MatMul", [normed, gate_w], [f"{p}gate_out"])
+        (up,) = b.node("MatMul", [normed, up_w], [f"{p}up_out"])
         (sig,) = b.node("Sigmoid", [gate], [f"{p}sig"])
         (silu,) = b.node("Mul", [gate, sig], [f"{p}silu"])
         (act,) = b.node("Mul", [silu, up], [f"{p}act"])

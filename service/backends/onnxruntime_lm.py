@@ -274,52 +274,66 @@ class FusedOrtLMRunner(OrtLMRunner):
     state is its length alone: `seqlens_k` (length after the call, minus 1) tells the kernel
     where the new tokens go and how far to attend. The graph returns logits of the last
     position only.
+
+    The kernel reads each row only up to its own length, so a longer buffer costs nothing:
+    the cache is bound whole (capacity = `max_seq_len`) and never re-laid out. The decode
+    binding for a given batch size is made once, its inputs bound to preallocated arrays that
+    each step overwrites in place (ONNX Runtime reads CPU inputs from the array's memory).
     """
 
     def __init__(self, manifest: LMManifest, max_batch: int, max_seq_len: int, threads: int = 0) -> None:
         super().__init__(manifest, max_batch, max_seq_len, threads)
-        self._seqlens_buf = np.zeros(max_batch, np.int32)
+        self._set_capacity(self.max_seq_len)  # nothing is live yet: no copy
+        self._decode_bindings: dict[int, tuple[ort.IOBinding, np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def _run(self, binding: ort.IOBinding, ids: np.ndarray, seqlens: np.ndarray, rows: slice | int) -> np.ndarray:
+    def _capacity_for(self, needed: int) -> int:
+        return self.max_seq_len
+
+    def _bind(self, binding: ort.IOBinding, ids: np.ndarray, seqlens: np.ndarray, total: np.ndarray, row: int) -> None:
         m = self.manifest
-        binding.clear_binding_inputs()
-        binding.clear_binding_outputs()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("seqlens_k", seqlens)
-        binding.bind_cpu_input("total_sequence_length", np.array(int(seqlens.max()) + 1, np.int32))
+        binding.bind_cpu_input("total_sequence_length", total)
         binding.bind_output("logits", "cpu")
-        batch = ids.shape[0]
-        shape = [batch, m.num_kv_heads, self.cap, m.head_dim]
+        shape = [ids.shape[0], m.num_kv_heads, self.cap, m.head_dim]
         for i in range(m.num_layers):
             for kind, view in (("key", self._views[i]), ("value", self._views[m.num_layers + i])):
-                ptr = view[rows].ctypes.data
+                ptr = view[row].ctypes.data  # rows row.. are contiguous in the buffer
                 binding.bind_input(f"past_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
                 binding.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
+
+    def _run(self, binding: ort.IOBinding) -> np.ndarray:
         self.session.run_with_iobinding(binding)
-        # Only the logits are copied out; the presents *are* the cache.
-        return binding.get_outputs()[0].numpy()
+        return binding.get_outputs()[0].numpy()  # only the logits: the presents *are* the cache
 
     def extend(self, row: int, token_ids: list[int]) -> np.ndarray:
         n = len(token_ids)
         start = int(self.lengths[row])
         if start + n > self.max_seq_len:
             raise ValueError(f"row {row}: {start} + {n} tokens exceed max_seq_len {self.max_seq_len}")
-        self._ensure_capacity(start + n + 1)
+        b = self._prefill_binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
         ids = np.asarray(token_ids, np.int64)[None, :]
-        logits = self._run(self._prefill_binding, ids, np.array([start + n - 1], np.int32), row)
+        self._bind(b, ids, np.array([start + n - 1], np.int32), np.array(start + n, np.int32), row)
+        logits = self._run(b)
         self.mask[row, start : start + n] = 1
         self.lengths[row] = start + n
         return logits[0]
 
     def decode(self, last_tokens: np.ndarray) -> np.ndarray:
         n = last_tokens.shape[0]
+        if n not in self._decode_bindings:
+            ids, seqlens, total = np.zeros((n, 1), np.int64), np.zeros(n, np.int32), np.zeros((), np.int32)
+            binding = self.session.io_binding()
+            self._bind(binding, ids, seqlens, total, 0)
+            self._decode_bindings[n] = (binding, ids, seqlens, total)
+        binding, ids, seqlens, total = self._decode_bindings[n]
         lengths = self.lengths[:n]
-        self._ensure_capacity(int(lengths.max()) + 1)
-        ids = self._ids_buf[:n]
         ids[:, 0] = last_tokens
-        seqlens = self._seqlens_buf[:n]
         seqlens[:] = lengths  # the new token lands at column `length`: total - 1 == length
-        logits = self._run(self._binding, ids, seqlens, slice(0, n))
+        total[...] = int(lengths.max()) + 1
+        logits = self._run(binding)
         self.mask[self._rows[:n], lengths] = 1
         lengths += 1
         return logits

@@ -57,6 +57,6 @@ def test_fused_graph_is_a_few_kernels_per_layer(tmp_path, tokenizer) -> None:  #
     ops = Counter(node.op_type for node in graph.node)
     layers = model.config.num_layers
     assert ops["GroupQueryAttention"] == layers
-    assert ops["MatMul"] == 4 * layers + 1  # QKV, output, gate/up, down; LM head
+    assert ops["MatMul"] == 5 * layers + 1  # QKV, output, gate, up, down; LM head
     assert ops["Softmax"] == 0 and ops["Concat"] == 0
     assert len(graph.node) <= 12 * layers + 10

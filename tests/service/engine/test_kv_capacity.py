@@ -1,11 +1,12 @@
-"""The runner attends only to a bucketed prefix of each KV row: re-laying the rows out as that
-capacity grows and shrinks must never change a result."""
+"""The standard-graph runner attends only to a bucketed prefix of each KV row: re-laying the rows
+out as that capacity grows and shrinks must never change a result. The fused-graph runner's
+kernel reads each row only up to its length, so it binds the whole buffer and never re-lays out."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from service.backends.onnxruntime_lm import CAPACITY_STEP
+from service.backends.onnxruntime_lm import CAPACITY_STEP, FusedOrtLMRunner
 from service.engine.sampling import SamplingParams
 from tests.service.engine.test_engine import PROMPT, make_engine, recompute_greedy, request
 
@@ -22,7 +23,10 @@ def test_greedy_across_capacity_steps_equals_full_recompute(tiny_lm_repo) -> Non
         engine.stop()
     assert fin.completion_tokens == n
     assert tokens == recompute_greedy(manifest, PROMPT, n)
-    assert runner.cap == CAPACITY_STEP  # back to the smallest capacity once idle
+    if isinstance(runner, FusedOrtLMRunner):
+        assert runner.cap == runner.max_seq_len  # bound whole, from start-up on
+    else:
+        assert runner.cap == CAPACITY_STEP  # back to the smallest capacity once idle
 
 
 def test_rows_moving_and_capacity_shrinking_inside_a_batch(tiny_lm_repo) -> None:
@@ -57,5 +61,8 @@ def test_rows_moving_and_capacity_shrinking_inside_a_batch(tiny_lm_repo) -> None
         engine.stop()
     assert batched_tokens == solo_tokens
     assert not runner.lengths.any()
+    if isinstance(runner, FusedOrtLMRunner):
+        assert all(cap == runner.max_seq_len for cap, _ in caps), caps  # never re-laid out
+        return
     shrinks_while_live = [(a, b) for (a, _), (b, live) in zip(caps, caps[1:], strict=False) if b < a and live > 0]
     assert shrinks_while_live, caps
