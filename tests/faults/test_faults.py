@@ -27,8 +27,9 @@ def repo_with_broken_models(tiny_lm_repo, tmp_path_factory):  # type: ignore[no-
         manifest = json.loads((root / name / "kiln.json").read_text())
         manifest["name"] = name
         (root / name / "kiln.json").write_text(json.dumps(manifest))
-    (root / "corrupt-lm/1/model.onnx").write_bytes(b"\x08\x07not an onnx graph" * 100)
-    (root / "missing-lm/1/model.onnx").unlink()
+    for graph in ("model.onnx", "model.fused.onnx"):  # whichever KILN_LM_VARIANT picks
+        (root / "corrupt-lm/1" / graph).write_bytes(b"\x08\x07not an onnx graph" * 100)
+        (root / "missing-lm/1" / graph).unlink()
     return root
 
 
@@ -51,7 +52,7 @@ def test_broken_models_are_not_ready_and_the_good_one_is_served(repo_with_broken
             assert 'kiln_model_ready{model="tiny-lm"} 1.0' in metrics
     logged = caplog.text
     assert "corrupt-lm failed to load" in logged and "missing-lm failed to load" in logged
-    assert "model.onnx" in logged  # the log says which file
+    assert "missing-lm/1/model.fused.onnx" in logged  # the log says which file
 
 
 @pytest.mark.slow
