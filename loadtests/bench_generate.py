@@ -7,7 +7,7 @@ side, every case on 2 threads with a 32-token prompt, 128 new tokens, greedy, EO
 
   transformers   Hugging Face `generate()` in eager PyTorch, batch 1 and 8
   ort-genai      onnxruntime-genai (model builder, fp32, CPU), batch 1 and 8
-  kiln           Kiln's GenerationEngine + its ONNX Runtime runner (the fused graph) in-process, 1 and 8 concurrent sequences
+  kiln           Kiln's GenerationEngine + ONNX Runtime runner (fused graph) in-process, 1 and 8 sequences
   kiln-http      a real `kiln serve` subprocess with N = 1, 8, 32 concurrent streaming clients
 
 Each backend runs in its own worker process (so one runtime's idle thread pool never competes with
@@ -635,28 +635,31 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
 
 WHY = """\
 How to read a miss. A batch-1 decode step is bound by streaming the weights from memory once;
-whatever a runtime does per step besides that shows up as the gap to the bandwidth bound. The
-onnxruntime-genai model builder emits a graph of fused contrib operators (GroupQueryAttention
-with its own KV-cache handling and rotary embedding, SkipSimplifiedLayerNormalization, one QKV
-MatMul per layer), so a step is a few dozen kernels. Kiln's exported graph (`export/models/llama.py`)
-is standard ONNX: attention is spelled out as MatMul/Softmax/Concat/Where and the rotary
-embedding, masks and reshapes as many small operators, several hundred kernels per step, each
-with a fixed dispatch cost; the profile lines above show how the step time splits between the
-weight MatMuls and the rest. The runner no longer attends over the whole preallocated
-`KILN_MAX_SEQ_LEN` (it binds only a bucketed prefix of each cache row), so what remains is
-mostly graph shape, which is the export's business: fusing attention (e.g. emitting
-com.microsoft GroupQueryAttention/MultiHeadAttention and RotaryEmbedding at export) is the
-next step.
+whatever a runtime does per step besides that shows up as the gap to the bandwidth bound.
+Kiln serves the fused graph (`export/fused_graph.py`, `KILN_LM_VARIANT=fused`): the operator
+set of the onnxruntime-genai model builder (GroupQueryAttention with rotary embedding and the
+KV cache updated in place, SkipSimplifiedLayerNormalization, one packed QKV MatMul per layer),
+written directly from the weights and verified against PyTorch at export. The two decode steps
+are therefore the same kernels over the same bytes (the graph and profile lines above), and at
+batch 1 both sit at the bandwidth bound: the tok/s ratio between them is a comparison of two
+equal steps, and this shared 2-core machine's run-to-run noise decides on which side of 1.0 it
+lands (the "decode step alone" row compares TPOT p50 without prefill or start-up). Kiln's
+per-step Python work (sampling, detokenizing, events) is a small share of a step; nothing
+fp32 is left to take off the weights' bytes short of quantizing them (`KILN_LM_VARIANT=int8`).
 
-Tail latency under concurrency. Prefill is chunked: while other sequences decode, the engine
-prefills at most `KILN_PREFILL_CHUNK_TOKENS` prompt tokens between two decode steps (a longer
-prompt continues over the next steps, attending to its cached prefix), so a token gap carries
-at most one chunk of someone else's prefill instead of several whole prompts; while nothing
-decodes, up to `KILN_PREFILL_CHUNK` prompts are prefilled whole. The "slow gaps at a prefill"
-column counts gaps during which another sequence got its first token, i.e. its last chunk.
-What remains of TPOT p99 is a batch-8 step plus one chunk (a chunk also computes logits for
-every one of its positions) against a batch-1 step; the price is a later first token for
-prompts admitted while others decode (TTFT).
+Concurrency. With 8 sequences Kiln's continuous batching decodes all rows in one call, as
+ort-genai's static batch does, and lets finished rows leave at once. A burst that arrives at an
+idle engine is prefilled before the first decode step (up to `KILN_PREFILL_CHUNK` prompts), so
+the first steps already run at full batch and no token gap carries another's prefill; a prompt
+that arrives while others decode is prefilled `KILN_PREFILL_CHUNK_TOKENS` tokens per step
+(chunked prefill) and those steps are the slow gaps of the "slow gaps at a prefill" column.
+
+Over HTTP the gateway's event loop shares the 2 cores with ONNX Runtime's 2 intra-op threads: a
+MatMul split over both cores waits for whichever thread the event loop preempted, so steps at
+which the streams' SSE events are written run longer. That is the difference between the HTTP
+TPOT p99 and the in-process one (the "engine alone" row); events reach the loop with one wake-up
+per step (`LoopOutbox`), not one per stream. On a machine with cores to spare for the event
+loop, `KILN_INTRA_OP_THREADS` below the core count removes that contention.
 
 The machine may also be shared: the load average above says how busy it was."""
 
@@ -679,6 +682,24 @@ def ratios(res: dict) -> list[tuple[str, float, str, str]]:
         ("Kiln HTTP 1 client / Kiln in-process batch 1 (tok/s)", h1, k1, "tok_s", "tok_s", 0.9, ">="),
         ("Kiln in-process / ort-genai, batch 8 (tok/s)", k8, og8, "tok_s", "tok_s", None, ""),
         ("Kiln in-process / transformers, batch 8 (tok/s)", k8, t8, "tok_s", "tok_s", None, ""),
+        (
+            "TPOT p99 at batch 8 / TPOT p50 at batch 1 (in-process: the engine alone)",
+            k8,
+            k1,
+            "tpot_p99",
+            "tpot_p50",
+            None,
+            "",
+        ),
+        (
+            "TPOT p50, ort-genai batch 1 / Kiln in-process batch 1 (decode step alone)",
+            og1,
+            k1,
+            "tpot_p50",
+            "tpot_p50",
+            None,
+            "",
+        ),
     ]
     out = []
     for label, num, den, kn, kd, target, op in rows:

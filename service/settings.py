@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, le=256, description="Concurrent sequences (KV cache slots).")
     max_seq_len: int = Field(512, ge=16, description="Positions per KV slot (prompt + generated).")
     max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 429.")
-    prefill_chunk: int = Field(4, ge=1, description="Waiting requests admitted (prefilled) per engine step.")
+    prefill_chunk: int = Field(
+        8, ge=1, description="Waiting requests admitted per engine step (an idle engine prefills a burst at once)."
+    )
     prefill_chunk_tokens: int = Field(
         16, ge=1, description="Prompt tokens prefilled per engine step while others decode (chunked prefill)."
     )

@@ -68,7 +68,7 @@ class GenerationEngine:
         eos_token_id: int,
         vocab_size: int,
         max_queue: int,
-        prefill_chunk: int = 4,
+        prefill_chunk: int = 8,
         prefill_tokens: int = 16,
         observer: EngineObserver | None = None,
         retry_after_s: int = 1,
