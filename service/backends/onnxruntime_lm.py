@@ -15,6 +15,12 @@ capacity (one copy of the live columns every `CAPACITY_STEP` tokens, no allocati
 the batch empties or shrinks to half the capacity, `cap` shrinks the same way. So a decode
 step reads only about as many cache columns as the longest live sequence needs, instead of
 the whole preallocated length (with 8 sequences the full buffer can outweigh the weights).
+
+That is `OrtLMRunner`, for the traced standard graph. `FusedOrtLMRunner` serves the fused
+graph (`export/fused_graph.py`, the default `KILN_LM_VARIANT`): its attention kernel writes
+the new keys/values into the same buffer itself and reads each row only up to its length, so
+it needs neither the write-back nor the capacity re-layouts. `make_runner` picks by the
+manifest's `graphs` entry.
 """
 
 from __future__ import annotations
