@@ -99,8 +99,11 @@ class OrtLMRunner:
         self.session = ort.InferenceSession(str(manifest.onnx_file), opts, providers=["CPUExecutionProvider"])
         m = manifest
         shape = (max_batch, m.num_kv_heads, self.max_seq_len, m.head_dim)
-        self.keys = [np.zeros(shape, np.float32) for _ in range(m.num_layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(m.num_layers)]
+        # np.full, not np.zeros: zeros come from calloc as untouched pages, and the first write
+        # to each (a page fault per 4 KiB) would land in some request's prefill. Filling here
+        # makes the whole cache resident at start-up, as the memory formula says.
+        self.keys = [np.full(shape, 0.0, np.float32) for _ in range(m.num_layers)]
+        self.values = [np.full(shape, 0.0, np.float32) for _ in range(m.num_layers)]
         self._buffers = [*self.keys, *self.values]
         self._flat = [buf.reshape(-1) for buf in self._buffers]  # views, never copies
         # Valid cache columns per row (logical positions, independent of the capacity).
