@@ -557,7 +557,8 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
         "sequence received its first token (the engine paused decoding to prefill a newcomer).",
         "- **agree**: tokens of sequence 0 equal to transformers' greedy output (common prefix); random "
         "weights give near-tied logits, so fp32 rounding can make backends part ways late.",
-        f"- Each case ran {args.repeats} time(s), interleaved with the others; the table shows each case's best "
+        f"- Each case ran {args.repeats} time(s), interleaved with the others (each round starts one case later); "
+        "the table shows each case's best "
         "run (highest tok/s), the least disturbed by whatever else the machine was doing.",
         *[f"- **note**: {n}" for n in meta.get("notes", [])],
         "",
@@ -804,7 +805,9 @@ def main(argv: list[str] | None = None) -> None:
             spec_file.write_text(json.dumps({"model": model, "prompts": prompts}))
             best: dict[str, dict[int, dict]] = {}
             for rnd in range(args.repeats):
-                for backend in backends:
+                # Each round starts one case later, so no case always follows the same neighbour
+                # (a case right after a heavy one can inherit its cache and frequency state).
+                for backend in backends[rnd % len(backends) :] + backends[: rnd % len(backends)]:
                     sizes = clients if backend == "kiln-http" else batches
                     log(f"[{name}] round {rnd + 1}/{args.repeats}: {backend} {sizes}")
                     out = run_worker(backend, spec_file, sizes, args.new_tokens, args.threads)
