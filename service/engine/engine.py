@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from numpy.random import default_rng  # imported now: numpy loads it lazily, ~20 ms on first use
 
 from service.engine.detokenize import StreamDecoder
 from service.engine.observer import EngineObserver
@@ -43,7 +44,7 @@ class _Sequence:
     def __init__(self, req: GenerationRequest, decode: Callable[[Sequence[int]], str], vocab: int) -> None:
         self.req = req
         self.decoder = StreamDecoder(decode, req.stop)
-        self.rng = np.random.default_rng(req.sampling.seed)
+        self.rng = default_rng(req.sampling.seed)
         self.seen = np.zeros(vocab, dtype=bool)
         self.seen[[t for t in req.prompt_ids if 0 <= t < vocab]] = True
         self.generated = 0
