@@ -46,20 +46,6 @@ MS_OPSET = 1
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger graphs keep weights beside the file
 
 
-def input_names(num_layers: int) -> list[str]:
-    names = ["input_ids", "seqlens_k", "total_sequence_length"]
-    for i in range(num_layers):
-        names += [f"past_key.{i}", f"past_value.{i}"]
-    return names
-
-
-def output_names(num_layers: int) -> list[str]:
-    names = ["logits"]
-    for i in range(num_layers):
-        names += [f"present_key.{i}", f"present_value.{i}"]
-    return names
-
-
 def rope_tables(max_positions: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin [max_positions, head_dim / 2], the same frequencies as `rope_cos_sin`."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
