@@ -280,9 +280,9 @@ class FusedOrtLMRunner(OrtLMRunner):
     Each layer's past and present are bound to the same cache memory, so ONNX Runtime writes
     the new tokens' keys/values straight into their columns (rotary already applied) and the
     runner copies nothing back. Valid columns are always 0..length-1 of a row, so a row's
-    state is its length alone: `seqlens_k` (length after the call, minus 1) tells the kernel
-    where the new tokens go and how far to attend. The graph returns logits of the last
-    position only.
+    state is its length alone (the standard runner's column mask is not kept up): `seqlens_k`
+    (length after the call, minus 1) tells the kernel where the new tokens go and how far to
+    attend. The graph returns logits of the last position only.
 
     The kernel reads each row only up to its own length, so a longer buffer costs nothing:
     the cache is bound whole (capacity = `max_seq_len`) and never re-laid out. The decode
@@ -326,7 +326,6 @@ class FusedOrtLMRunner(OrtLMRunner):
         ids = np.asarray(token_ids, np.int64)[None, :]
         self._bind(b, ids, np.array([start + n - 1], np.int32), np.array(start + n, np.int32), row)
         logits = self._run(b)
-        self.mask[row, start : start + n] = 1
         self.lengths[row] = start + n
         return logits[0]
 
@@ -343,7 +342,6 @@ class FusedOrtLMRunner(OrtLMRunner):
         seqlens[:] = lengths  # the new token lands at column `length`: total - 1 == length
         total[...] = int(lengths.max()) + 1
         logits = self._run(binding)
-        self.mask[self._rows[:n], lengths] = 1
         lengths += 1
         return logits
 
