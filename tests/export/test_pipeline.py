@@ -50,7 +50,9 @@ def test_repository_entry_has_the_documented_layout(tiny_lm_repo) -> None:
         "fp32": "1/model.onnx",
         "fused": "1/model.fused.onnx",
     }
-    assert manifest["graphs"] == {"fused": "gqa"}
+    assert manifest["graphs"] == {"fp32": "standard", "fused": "gqa"}
+    assert manifest["manifest_version"] == 2 and manifest["eos_token_ids"] == [2]
+    assert len(manifest["state"]) == 2 and {s["kind"] for s in manifest["state"]} == {"attention_kv"}
     assert report["verification"]["fp32"]["passed"] and report["verification"]["fp32"]["max_abs_logits"] <= 1e-4
     assert set(report["verification"]["fp32"]["phases"]) >= {"prefill", "decode_0", "decode_preallocated"}
     assert report["perplexity"]["fp32"] > 1
@@ -135,5 +137,5 @@ def test_a_hugging_face_llama_directory_exports(tmp_path) -> None:
     tok.save(str(tmp_path / "hf/tokenizer.json"))
     report = pipeline.export_checkpoint(tmp_path / "hf", tmp_path / "repo", "hf", variants=False, val_texts=TINY_TEXT)
     assert report["source"] == "huggingface" and report["verification"]["fp32"]["passed"]
-    manifest = json.loads((tmp_path / "repo/hf/kiln.json").read_text())
-    assert (manifest["num_heads"], manifest["num_kv_heads"], manifest["head_dim"]) == (6, 2, 16)
+    arch = json.loads((tmp_path / "repo/hf/kiln.json").read_text())["architecture"]
+    assert (arch["num_heads"], arch["num_kv_heads"], arch["head_dim"]) == (6, 2, 16)

@@ -141,8 +141,8 @@ def test_metrics_count_requests_tokens_and_latency(client: TestClient) -> None:
     client.post("/generate", json={"prompt": ""})
     text = client.get("/metrics").text
     for name in (
-        'kiln_requests_total{protocol="http",route="/generate",status="200"}',
-        'kiln_requests_total{protocol="http",route="/generate",status="400"}',
+        'kiln_requests_total{protocol="http",route="/generate",status="200",task="text-generation"}',
+        'kiln_requests_total{protocol="http",route="/generate",status="400",task="text-generation"}',
         "kiln_request_duration_seconds_bucket",
         "kiln_time_to_first_token_seconds_bucket",
         "kiln_inter_token_latency_seconds_bucket",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.vision.views import Contract, make_views, normalize, tile_boxes, view_boxes
+from contracts.vision import PreprocessContract, make_views, normalize, tile_boxes, view_boxes
 
-C = Contract((16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", tuple("abc"))
+C = PreprocessContract((16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", tuple("abc"))
 
 
 def test_tiles_cover_the_image_with_the_requested_overlap() -> None:
