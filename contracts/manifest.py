@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from contracts.versions import ContractError, check_version
 
@@ -101,8 +101,49 @@ class GraphFile:
     contract: str
 
 
+class EntryManifest:
+    """What every `kiln.json` shares: a version and a kind, a directory it was read from."""
+
+    kind: ClassVar[str]
+    name: str
+    root: Path | None
+
+    def path(self, relative: str) -> Path:
+        if self.root is None:
+            raise ContractError(f"{self.name}: the manifest was not read from a directory")
+        return self.root / relative
+
+    def body(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def parse(cls, data: dict) -> dict:
+        """The constructor's keyword arguments from a manifest's fields (KeyError: one is missing)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"manifest_version": MANIFEST_VERSION, "kind": self.kind, "name": self.name, **self.body()}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = MANIFEST_FILE, root: Path | None = None) -> Self:
+        check_version(data, "manifest_version", MANIFEST_VERSION, source)
+        if data.get("kind") != cls.kind:
+            raise ContractError(f"{source}: kind {data.get('kind')!r} is not {cls.kind!r}")
+        try:
+            return cls(name=str(data["name"]), **cls.parse(data), root=root)  # type: ignore[call-arg]
+        except KeyError as exc:
+            raise ContractError(f"{source}: required field {exc.args[0]!r} is missing") from exc
+
+    def write(self, entry: Path) -> Path:
+        return write_json(entry / MANIFEST_FILE, self.to_dict())
+
+    @classmethod
+    def read(cls, entry: Path) -> Self:
+        return cls.from_dict(read_json(entry / MANIFEST_FILE), str(entry / MANIFEST_FILE), root=entry)
+
+
 @dataclass(frozen=True)
-class TextManifest:
+class TextManifest(EntryManifest):
     """`kiln.json` of a text-generation entry."""
 
     name: str
@@ -141,16 +182,8 @@ class TextManifest:
             raise ContractError(f"{self.name}: neither variant {variant!r} nor fp32 was exported")
         return GraphFile(chosen, self.path(self.files[chosen]), self.graphs.get(chosen, STANDARD))
 
-    def path(self, relative: str) -> Path:
-        if self.root is None:
-            raise ContractError(f"{self.name}: the manifest was not read from a directory")
-        return self.root / relative
-
-    def to_dict(self) -> dict:
+    def body(self) -> dict:
         return {
-            "manifest_version": MANIFEST_VERSION,
-            "kind": self.kind,
-            "name": self.name,
             "files": dict(self.files),
             "graphs": dict(self.graphs),
             "state": [layer.to_dict() for layer in self.state],
@@ -167,41 +200,26 @@ class TextManifest:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = MANIFEST_FILE, root: Path | None = None) -> TextManifest:
-        check_version(data, "manifest_version", MANIFEST_VERSION, source)
-        if data.get("kind") != TEXT_KIND:
-            raise ContractError(f"{source}: kind {data.get('kind')!r} is not {TEXT_KIND!r}")
-        try:
-            return cls(
-                name=str(data["name"]),
-                files={str(k): str(v) for k, v in data["files"].items()},
-                graphs={str(k): str(v) for k, v in data.get("graphs", {}).items()},
-                state=tuple(LayerState.from_dict(d, source) for d in data["state"]),
-                vocab_size=int(data["vocab_size"]),
-                max_position_embeddings=int(data["max_position_embeddings"]),
-                bos_token_id=int(data["bos_token_id"]),
-                eos_token_ids=tuple(int(x) for x in data["eos_token_ids"]),
-                pad_token_id=int(data.get("pad_token_id", 0)),
-                add_bos=bool(data.get("add_bos", True)),
-                tokenizer=str(data.get("tokenizer", "tokenizer.json")),
-                generation_defaults=dict(data.get("generation_defaults", {})),
-                architecture=dict(data.get("architecture", {})),
-                triton_model=data.get("triton_model"),
-                root=root,
-            )
-        except KeyError as exc:
-            raise ContractError(f"{source}: required field {exc.args[0]!r} is missing") from exc
-
-    def write(self, entry: Path) -> Path:
-        return write_json(entry / MANIFEST_FILE, self.to_dict())
-
-    @classmethod
-    def read(cls, entry: Path) -> TextManifest:
-        return cls.from_dict(read_json(entry / MANIFEST_FILE), str(entry / MANIFEST_FILE), root=entry)
+    def parse(cls, data: dict) -> dict:
+        return {
+            "files": {str(k): str(v) for k, v in data["files"].items()},
+            "graphs": {str(k): str(v) for k, v in data.get("graphs", {}).items()},
+            "state": tuple(LayerState.from_dict(d, str(data.get("name"))) for d in data["state"]),
+            "vocab_size": int(data["vocab_size"]),
+            "max_position_embeddings": int(data["max_position_embeddings"]),
+            "bos_token_id": int(data["bos_token_id"]),
+            "eos_token_ids": tuple(int(x) for x in data["eos_token_ids"]),
+            "pad_token_id": int(data.get("pad_token_id", 0)),
+            "add_bos": bool(data.get("add_bos", True)),
+            "tokenizer": str(data.get("tokenizer", "tokenizer.json")),
+            "generation_defaults": dict(data.get("generation_defaults", {})),
+            "architecture": dict(data.get("architecture", {})),
+            "triton_model": data.get("triton_model"),
+        }
 
 
 @dataclass(frozen=True)
-class VisionManifest:
+class VisionManifest(EntryManifest):
     """`kiln.json` of an image-classification entry (the pixels' contract is `preprocess`)."""
 
     name: str
@@ -215,52 +233,26 @@ class VisionManifest:
 
     kind: ClassVar[str] = VISION_KIND
 
-    def path(self, relative: str) -> Path:
-        if self.root is None:
-            raise ContractError(f"{self.name}: the manifest was not read from a directory")
-        return self.root / relative
-
-    def to_dict(self) -> dict:
-        out = {
-            "manifest_version": MANIFEST_VERSION,
-            "kind": self.kind,
-            "name": self.name,
+    def body(self) -> dict:
+        optional = {"calibration": self.calibration, "triton_model": self.triton_model}
+        return {
             "files": dict(self.files),
             "num_classes": self.num_classes,
             "preprocess": self.preprocess,
             "arch": self.arch,
+            **{k: v for k, v in optional.items() if v},
         }
-        if self.calibration:
-            out["calibration"] = self.calibration
-        if self.triton_model:
-            out["triton_model"] = self.triton_model
-        return out
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = MANIFEST_FILE, root: Path | None = None) -> VisionManifest:
-        check_version(data, "manifest_version", MANIFEST_VERSION, source)
-        if data.get("kind") != VISION_KIND:
-            raise ContractError(f"{source}: kind {data.get('kind')!r} is not {VISION_KIND!r}")
-        try:
-            return cls(
-                name=str(data["name"]),
-                files={str(k): str(v) for k, v in data["files"].items()},
-                num_classes=int(data["num_classes"]),
-                preprocess=str(data.get("preprocess", "preprocess.json")),
-                calibration=data.get("calibration"),
-                arch=str(data.get("arch", "")),
-                triton_model=data.get("triton_model"),
-                root=root,
-            )
-        except KeyError as exc:
-            raise ContractError(f"{source}: required field {exc.args[0]!r} is missing") from exc
-
-    def write(self, entry: Path) -> Path:
-        return write_json(entry / MANIFEST_FILE, self.to_dict())
-
-    @classmethod
-    def read(cls, entry: Path) -> VisionManifest:
-        return cls.from_dict(read_json(entry / MANIFEST_FILE), str(entry / MANIFEST_FILE), root=entry)
+    def parse(cls, data: dict) -> dict:
+        return {
+            "files": {str(k): str(v) for k, v in data["files"].items()},
+            "num_classes": int(data["num_classes"]),
+            "preprocess": str(data.get("preprocess", "preprocess.json")),
+            "calibration": data.get("calibration"),
+            "arch": str(data.get("arch", "")),
+            "triton_model": data.get("triton_model"),
+        }
 
 
 Manifest = TextManifest | VisionManifest

@@ -22,7 +22,7 @@ from contracts.manifest import LayerState, TextManifest, new_name, past_name
 from contracts.triton import LM_INPUTS, LM_OUTPUTS, Tensor, triton_lm_name
 from export.vendor import ROOT, closure, imports_of
 
-LM_MODEL_PY = Path(__file__).parent / "triton_models" / "kiln_lm" / "model.py"
+LM_MODEL_PY = ROOT / "service" / "triton_model" / "model.py"  # a file to copy: it runs inside Triton
 # Kiln's engine is copied into the python-backend model so the repository is self-contained: the
 # stub's environment needs only numpy<2, onnxruntime and tokenizers (never fastapi or torch).
 VENDORED_PACKAGES = ("service", "contracts")

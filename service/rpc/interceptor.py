@@ -135,7 +135,7 @@ class _Call:
         if not isinstance(exc, KilnError):
             if not isinstance(exc, Exception):
                 raise exc  # KeyboardInterrupt, SystemExit: not ours to map
-            log.error("unexpected error in %s", self.route, exc_info=exc)
+            log.error("unexpected error in %s (request %s)", self.route, self.request_id, exc_info=exc)
             exc = INTERNAL
         code = status_of(exc)
         self.status = code.name

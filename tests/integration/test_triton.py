@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from google.protobuf import text_format
 
 from contracts.manifest import TextManifest, past_name
 from export.triton_repo import lm_python_config, write_config
 from tests.conftest import build_tiny_lm_repo
-from tests.integration.triton_support import gateway_client, running_triton, skip_unless_installed, wait_status
+from tests.integration.triton_support import running_triton, skip_unless_installed, wait_status
+from tests.sse import generate_events as sse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -47,37 +47,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def triton(repo: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     with running_triton(repo, [TRITON_LM, LM], tmp_path_factory) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(repo: Path, triton):  # type: ignore[no-untyped-def]
-    with gateway_client(repo, triton.grpc_url) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def inprocess(repo: Path):  # type: ignore[no-untyped-def]
-    with gateway_client(repo) as client:
-        yield client
-
-
-def sse(client: TestClient, body: dict) -> tuple[list[dict], dict]:
-    chunks, final, event = [], None, None
-    with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                if event == "finish":
-                    final = json.loads(data)
-                else:
-                    chunks.append(json.loads(data))
-    assert final is not None
-    return chunks, final
 
 
 def test_every_config_pbtxt_parses_with_tritons_schema(repo: Path) -> None:
