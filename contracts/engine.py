@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Literal
 
 PREFIX = "KILN_"
+Variant = Literal["fused", "fp32", "optimized", "int8"]  # the exported graphs a text model can run
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class EngineConfig:
     prefill_chunk: int = 8  # waiting requests admitted per engine step
     prefill_chunk_tokens: int = 16  # prompt tokens prefilled per step while others decode
     intra_op_threads: int = 0  # ONNX Runtime intra-op threads (0 = one per core)
-    lm_variant: str = "fused"  # which exported graph to run (fp32 when absent)
+    lm_variant: Variant = "fused"  # which exported graph to run (fp32 when absent)
     retry_after_s: int = 1  # Retry-After with 429
     fault_step_delay_ms: float = 0.0  # fault injection only: extra delay per engine step
 

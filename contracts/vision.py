@@ -16,7 +16,11 @@ from PIL import Image
 from contracts.versions import check_version
 
 PREPROCESS_VERSION = 1
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "nearest": Image.NEAREST}
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,8 @@ def crop_resize(image: Image.Image, box: Box, size: tuple[int, int], resample: s
 
 def normalize(pixels: np.ndarray, contract: PreprocessContract) -> np.ndarray:
     """uint8 [..., H, W, 3] → float32 [..., 3, H, W], scaled to [0, 1], then (x - mean) / std."""
-    x = pixels.astype(np.float32) * np.float32(1 / 255)
-    x = (x - np.asarray(contract.mean, np.float32)) / np.asarray(contract.std, np.float32)
+    scaled = pixels.astype(np.float32) * np.float32(1 / 255)
+    x: np.ndarray = (scaled - np.asarray(contract.mean, np.float32)) / np.asarray(contract.std, np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 

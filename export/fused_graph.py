@@ -32,6 +32,7 @@ cache column alike), so a row may hold a prompt chunk on top of its cached prefi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -62,7 +63,7 @@ class _Builder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: object) -> list[str]:
+    def node(self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: Any) -> list[str]:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(self.nodes)}", domain=domain, **attrs))
         return outputs
 
@@ -132,6 +133,7 @@ def build_fused_lm_onnx(model: LlamaLM, out_file: Path) -> Path:
         down_w = b.weight(f"{p}down", sd[p + "mlp.down_proj.weight"].T)
         (pending,) = b.node("MatMul", [act, down_w], [f"{p}mlp_out"])
 
+    assert pending is not None  # the last layer's MLP output
     final, _ = _skip_norm(b, pending, residual, b.weight("ln_final", sd["norm.weight"]), eps, "final")
     # Only each row's last position reaches the LM head: index S - 1 along the sequence axis.
     (shape,) = b.node("Shape", ["input_ids"], ["ids_shape"], start=1, end=2)

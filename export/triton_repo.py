@@ -112,7 +112,7 @@ def write_lm_python_entry(entry: Path, repository: Path, parameters: dict[str, s
         version = staging / "1"
         lm = version / "lm"
         lm.mkdir(parents=True)
-        files = {}
+        files: dict[str, str] = {}
         for variant, rel in manifest.files.items():
             target = lm / Path(rel).name
             _link_or_copy(entry / rel, target)
@@ -122,10 +122,10 @@ def write_lm_python_entry(entry: Path, repository: Path, parameters: dict[str, s
             files[variant] = target.name
         _link_or_copy(manifest.path(manifest.tokenizer), lm / "tokenizer.json")
         replace(manifest, files=files, tokenizer="tokenizer.json", triton_model=None).write(lm)
-        for rel in vendored_files():
-            dst = version / "kiln_vendor" / rel
+        for module in vendored_files():
+            dst = version / "kiln_vendor" / module
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ROOT / rel, dst)
+            shutil.copyfile(ROOT / module, dst)
         shutil.copyfile(LM_MODEL_PY, version / "model.py")
         write_config(staging, lm_python_config(name, parameters))
     return repository / name

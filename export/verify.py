@@ -165,7 +165,7 @@ def verify_fused_lm(model: LlamaLM, onnx_file: Path, tolerance: float = 1e-4, se
     worst = max(ph["max_abs_logits"] for ph in phases.values())
     worst_kv = max(ph["max_abs_kv"] for ph in phases.values())
     passed = worst <= tolerance and worst_kv <= tolerance
-    report = {"tolerance": tolerance, "max_abs_logits": worst, "max_abs_kv": worst_kv, "passed": passed}
+    report: dict = {"tolerance": tolerance, "max_abs_logits": worst, "max_abs_kv": worst_kv, "passed": passed}
     report["phases"] = phases
     if not passed:
         raise VerificationError(f"{onnx_file.name}: max |Δlogits| {worst:.3g}, |Δkv| {worst_kv:.3g}: {phases}")

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.engine import EngineConfig
+from contracts.engine import EngineConfig, Variant
 
 ENGINE = EngineConfig()  # the engine's defaults, shared with the Triton model and the benchmark
 
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     triton_retries: int = Field(3, ge=0, le=10, description="Retries (with backoff) before a request gives 503.")
     triton_backoff_s: float = Field(0.2, gt=0, description="First retry delay; doubles per retry.")
     triton_timeout_s: float = Field(30.0, gt=0, description="Longest wait for Triton's next response before 503.")
-    lm_variant: Literal["fused", "fp32", "optimized", "int8"] = Field(
+    lm_variant: Variant = Field(
         ENGINE.lm_variant, description="Which exported LM graph to run (falls back to fp32 if absent)."
     )
     intra_op_threads: int = Field(

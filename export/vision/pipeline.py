@@ -23,6 +23,7 @@ import numpy as np
 
 from contracts.calibration import Calibration, Conformal
 from contracts.manifest import VisionManifest
+from contracts.vision import PreprocessContract
 from export.onnx_export import toolchain_versions
 from export.triton_repo import classifier_onnx_config, staged_entry, write_config
 from export.vision.calibration import (
@@ -42,7 +43,7 @@ MODEL_FILE = "1/model.onnx"
 
 def calibrate(
     onnx_file: Path,
-    contract,  # type: ignore[no-untyped-def]
+    contract: PreprocessContract,
     dataset: dict,
     alpha: float = 0.1,
     method: str = "lac",

@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
@@ -21,7 +22,9 @@ from service.vision.preprocess import UnsupportedMediaType
 
 router = APIRouter(tags=[VISION])
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 501, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 501, 503)
+}
 
 
 def decode_b64(value: object, index: int) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.dataplane.text import LIMITS
@@ -12,7 +14,7 @@ VISION = "image-classification"
 CONTROL = "control"
 
 
-def bounds(name: str) -> dict[str, float]:
+def bounds(name: str) -> dict[str, Any]:
     """The data plane's range for a field, so the schema documents what is enforced."""
     return LIMITS[name].field_kwargs()
 

@@ -142,7 +142,7 @@ class StandardRunner(OrtRunner):
         cols = lengths.copy()
         for name, view in self.state.views.items():
             axis = self._layer_axis[name]
-            index: list[object] = [rows, *([slice(None)] * (view.ndim - 1))]
+            index: list[Any] = [rows, *([slice(None)] * (view.ndim - 1))]
             index[axis] = cols
             view[tuple(index)] = np.take(outputs[self._out_index[name]], 0, axis=axis)
         lengths += 1

@@ -186,9 +186,10 @@ class TextModel(BaseTextModel):
     def __init__(self, manifest: TextManifest, settings: Settings, observer: EngineObserver | None = None) -> None:
         super().__init__(manifest, settings)
         self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopOutbox] = weakref.WeakKeyDictionary()
-        self.engine = build_text_engine(manifest, settings.engine_config(), self.decode, observer)
+        config = settings.engine_config()
+        self.graph = manifest.graph(config.lm_variant)
+        self.engine = build_text_engine(manifest, config, self.decode, observer)
         self.runner = self.engine.runner
-        self.graph = self.runner.graph
 
     @property
     def context_length(self) -> int:

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -98,22 +99,23 @@ class TritonPythonModel:
         self.name = args["model_name"]
         manifest = TextManifest.read(Path(HERE) / "lm")
         self.tokenizer = Tokenizer.from_file(str(manifest.path(manifest.tokenizer)))
+        config = EngineConfig.from_parameters(params)
         self.engine = build_text_engine(
             manifest,
-            EngineConfig.from_parameters(params),
+            config,
             decode=lambda ids: self.tokenizer.decode(list(ids), skip_special_tokens=True),
             name=self.name,
         )
         runner = self.engine.runner
         self.vocab_size = manifest.vocab_size
-        self._live: dict[int, tuple[GenerationRequest, object]] = {}  # id(request) -> (request, sender)
+        self._live: dict[int, tuple[GenerationRequest, Any]] = {}  # id(request) -> (request, response sender)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.engine.start()
         self._watcher = threading.Thread(target=self._watch_cancellations, name="kiln-cancel-watch", daemon=True)
         self._watcher.start()
         pb_utils.Logger.log_info(
-            f"{self.name}: Kiln engine on ONNX Runtime ({runner.graph.path.name}), "
+            f"{self.name}: Kiln engine on ONNX Runtime ({manifest.graph(config.lm_variant).path.name}), "
             f"{runner.max_batch} KV slots x {runner.max_seq_len} positions"
         )
 

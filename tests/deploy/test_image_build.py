@@ -29,7 +29,9 @@ from tests.live_server import free_port
 pytestmark = pytest.mark.slow
 
 BASE_TAG = "localhost/local/py-base:bookworm"
-IMAGE_TAG = "localhost/kiln-gateway:smoke"
+# Per process: the layer cache is shared by every run on the machine, the image under test is not
+# (two concurrent runs with one tag would remove each other's image).
+IMAGE_TAG = f"localhost/kiln-gateway:smoke-{os.getpid()}"
 CACHE = Path(os.environ.get("KILN_SMOKE_CACHE", Path.home() / ".cache" / "kiln-deploy"))
 
 
