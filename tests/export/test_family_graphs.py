@@ -1,0 +1,98 @@
+"""Every family's standard and fused graphs agree with transformers to 1e-4, driven as served.
+
+One schedule per graph: row 0 prefilled in one call, row 1 in two chunks (the second attending
+to the first through the cache), then both rows decoded together at different lengths, long
+enough to cross the sliding windows of the windowed families. Each step's logits are compared
+with transformers' full forward over the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.families import FAMILIES, SPECS
+from tests.graph_drivers import DRIVERS, session
+
+pytestmark = pytest.mark.slow
+TOL = 1e-4
+
+
+def _sequences(vocab: int, lengths: tuple[int, ...], seed: int = 3) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
+def _reference(zoo, name: str, seqs: list[list[int]]) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    hf = zoo.reference(name)
+    with torch.no_grad():
+        return [hf(torch.tensor([s])).logits[0].numpy() for s in seqs]
+
+
+def drive_and_compare(zoo, name: str, variant: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Max |Δlogits| per phase of the served schedule (see the module docstring)."""
+    entry = zoo.entry(name)
+    vocab = json.loads((entry / "kiln.json").read_text())["vocab_size"]
+    seqs = _sequences(vocab, (20, 17))
+    want = _reference(zoo, name, seqs)
+    driver = DRIVERS[variant](entry, variant)
+    errors: dict[str, float] = {}
+
+    def check(phase: str, got: np.ndarray, row: int, length: int) -> None:
+        err = float(np.abs(got - want[row][length - 1]).max())
+        errors[phase] = max(errors.get(phase, 0.0), err)
+
+    check("prefill", driver.extend(0, seqs[0][:14]), 0, 14)
+    check("prefill_chunk_1", driver.extend(1, seqs[1][:5]), 1, 5)
+    check("prefill_chunk_2", driver.extend(1, seqs[1][5:11]), 1, 11)
+    for step in range(6):
+        logits = driver.decode([seqs[0][14 + step], seqs[1][11 + step]])
+        check("decode", logits[0], 0, 15 + step)
+        check("decode", logits[1], 1, 12 + step)
+    return errors
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fused"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_graph_matches_transformers_as_served(family_zoo, name: str, variant: str) -> None:  # type: ignore[no-untyped-def]
+    errors = drive_and_compare(family_zoo, name, variant)
+    assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_standard_graph_prefills_rows_of_different_lengths_in_one_call(family_zoo, name: str) -> None:  # type: ignore[no-untyped-def]
+    """A right-padded batch: every real position of both rows has transformers' logits."""
+    entry = family_zoo.entry(name)
+    manifest = json.loads((entry / "kiln.json").read_text())
+    seqs = _sequences(manifest["vocab_size"], (18, 11), seed=5)
+    want = _reference(family_zoo, name, seqs)
+    ids = np.zeros((2, 18), np.int64)
+    mask = np.zeros((2, 18), np.int64)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)], mask[r, : len(s)] = s, 1
+    feeds = {"input_ids": ids, "position_ids": np.tile(np.arange(18), (2, 1)), "attention_mask": mask}
+    empty = np.zeros((2, manifest["num_kv_heads"], 0, manifest["head_dim"]), np.float32)
+    for i in range(manifest["num_layers"]):
+        feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = empty
+    logits = session(entry / manifest["files"]["fp32"]).run(["logits"], feeds)[0]
+    for r, s in enumerate(seqs):
+        assert np.abs(logits[r, : len(s)] - want[r]).max() < TOL, (name, r)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_export_report_verifies_both_graphs(family_zoo, name: str) -> None:  # type: ignore[no-untyped-def]
+    report = family_zoo.export(name)
+    assert report["source"] == "huggingface"
+    assert report["config"]["family"] == SPECS[name].config.removesuffix("Config").lower()
+    for graph in ("fp32", "fused"):
+        assert report["verification"][graph]["passed"], graph
+        assert report["verification"][graph]["max_abs_logits"] <= TOL
+
+
+def test_manifest_carries_every_eos_id(family_zoo) -> None:  # type: ignore[no-untyped-def]
+    for name, eos in (("llama3", [2, 5]), ("qwen2", [2, 3]), ("mistral", [2])):
+        manifest = json.loads((family_zoo.entry(name) / "kiln.json").read_text())
+        assert manifest["eos_token_ids"] == eos and manifest["eos_token_id"] == eos[0], name
