@@ -8,6 +8,7 @@ and unit norms would otherwise hide a dropped bias or a wrong norm offset.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class Spec:
     overrides: dict[str, Any] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32  # how the weights are saved
     max_shard_size: str | None = None
+    saved: dict[str, Any] = field(default_factory=dict)  # written into config.json afterwards (hub quirks)
 
 
 LLAMA3_ROPE = {
@@ -96,7 +98,8 @@ SPECS: dict[str, Spec] = {
     "gemma": Spec(
         "GemmaConfig",
         "GemmaForCausalLM",
-        {"head_dim": 32, "num_key_value_heads": 1, "hidden_act": "gelu"},
+        {"head_dim": 32, "num_key_value_heads": 1},
+        saved={"hidden_act": "gelu"},  # Gemma's released configs: it means the tanh GELU
     ),
     "gemma2": Spec(
         "Gemma2Config",
@@ -133,6 +136,9 @@ def build_hf_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
         for param in model.parameters():  # zero biases and unit norms would hide bugs
             param.add_(torch.randn(param.shape, generator=gen) * 0.05)
     model.to(spec.dtype).save_pretrained(out, max_shard_size=spec.max_shard_size or "5GB")
+    if spec.saved:
+        raw = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**raw, **spec.saved}, indent=2))
     tokenizer.save(str(out / "tokenizer.json"))
     return out
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from export.models.config import SLIDING, CheckpointError
+from export.models.config import FULL, SLIDING, CheckpointError
 from export.models.rope import parse_rope
 from export.tokenizer import special_ids
 
@@ -56,6 +56,9 @@ def base_fields(
         raise CheckpointError(
             f"quantization_config (quant_method {method!r}) is not supported: export from the unquantized weights"
         )
+    unknown = sorted(set(raw.get("layer_types") or []) - {FULL, SLIDING})
+    if unknown:
+        raise CheckpointError(f"layer_types {unknown[0]!r} is not supported (only {FULL!r} and {SLIDING!r})")
     heads = int(raw["num_attention_heads"])
     hidden = int(raw["hidden_size"])
     max_pos = int(value(raw, "max_position_embeddings", defaults) or 2048)
