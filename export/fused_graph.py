@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
@@ -54,12 +55,22 @@ MS_OPSET = 1
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger graphs keep weights beside the file
 
 
-def fused_unsupported(cfg: DecoderConfig) -> str | None:
+# ONNX Runtime 1.23 (microsoft/onnxruntime#25927) made GQA's local_window_size count the current
+# token, as transformers' sliding_window does; before it the same attribute saw one token more.
+WINDOW_MIN_ORT = (1, 23)
+
+
+def fused_unsupported(cfg: DecoderConfig, ort_version: str = ort.__version__) -> str | None:
     """Why this config has no fused graph (the standard graph still serves it), or None."""
     if cfg.rotary_dim % 16:
         return (
             f"rotary dim {cfg.rotary_dim} (head_dim {cfg.head_dim} x partial_rotary_factor "
             f"{cfg.partial_rotary_factor:g}) is not a multiple of 16, which GroupQueryAttention's rotary needs"
+        )
+    if cfg.sliding_window and tuple(int(v) for v in ort_version.split(".")[:2]) < WINDOW_MIN_ORT:
+        return (
+            f"sliding_window {cfg.sliding_window} needs onnxruntime >= 1.23 for GroupQueryAttention's "
+            f"local_window_size to mean what transformers' window means (this is {ort_version})"
         )
     return None
 
@@ -192,6 +203,8 @@ def build_fused_lm_onnx(model: DecoderLM, out_file: Path) -> Path:
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", MS_OPSET)],
         producer_name="kiln",
     )
+    if cfg.sliding_window:  # the window attribute's meaning depends on the runtime (see WINDOW_MIN_ORT)
+        helper.set_model_props(proto, {"kiln.min_onnxruntime": ".".join(map(str, WINDOW_MIN_ORT))})
     out_file.parent.mkdir(parents=True, exist_ok=True)
     external = sum(t.nbytes for t in sd.values()) > EXTERNAL_DATA_BYTES
     onnx.save_model(proto, str(out_file), save_as_external_data=external, location=out_file.name + ".data")

@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import TINY_TEXT
-
 BASE = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -119,6 +117,7 @@ WINDOWED = ("mistral", "phi3", "gemma2")
 
 def tiny_tokenizer():  # type: ignore[no-untyped-def]
     from export.tokenizer import train_tokenizer
+    from tests.conftest import TINY_TEXT
 
     return train_tokenizer(TINY_TEXT * 5, vocab_size=320)
 
@@ -172,6 +171,7 @@ class FamilyZoo:
         """The export report; the entry is `repository / name`."""
         if name not in self._exported:
             from export.pipeline import export_checkpoint
+            from tests.conftest import TINY_TEXT
 
             self._exported[name] = export_checkpoint(
                 self.checkpoint(name), self.repository, name, variants=False, val_texts=TINY_TEXT

@@ -96,3 +96,21 @@ def test_manifest_carries_every_eos_id(family_zoo) -> None:  # type: ignore[no-u
     for name, eos in (("llama3", [2, 5]), ("qwen2", [2, 3]), ("mistral", [2])):
         manifest = json.loads((family_zoo.entry(name) / "kiln.json").read_text())
         assert manifest["eos_token_ids"] == eos and manifest["eos_token_id"] == eos[0], name
+
+
+def test_checkpoints_cover_the_storage_formats(family_zoo) -> None:  # type: ignore[no-untyped-def]
+    """The zoo holds a sharded, an fp16 and a bf16 directory (so the parity above covers them)."""
+    from safetensors import safe_open
+
+    sharded = family_zoo.checkpoint("llama3")
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1 and not (sharded / "model.safetensors").exists()
+    for name, dtype in (("llama-bias", "F16"), ("qwen2", "BF16")):
+        with safe_open(str(family_zoo.checkpoint(name) / "model.safetensors"), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {dtype}, name
+
+
+def test_longrope_context_is_capped_where_transformers_changes_frequencies(family_zoo) -> None:  # type: ignore[no-untyped-def]
+    manifest = json.loads((family_zoo.entry("phi3") / "kiln.json").read_text())
+    assert manifest["max_position_embeddings"] == 64  # original_max_position_embeddings, not 128
+    assert "original_max_position_embeddings=64" in family_zoo.export("phi3")["config"]["notes"][0]

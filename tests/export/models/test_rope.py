@@ -102,9 +102,7 @@ def test_longrope_serves_the_short_context_exactly_and_says_so() -> None:
 
 
 def test_tables_are_the_in_graph_cos_sin() -> None:
-    cfg = hf_config_to_kiln(
-        transformers.LlamaConfig(**SIZES, max_position_embeddings=64, **CASES["yarn"][1]).to_dict()
-    )
+    cfg = hf_config_to_kiln(transformers.LlamaConfig(**SIZES, max_position_embeddings=64, **CASES["yarn"][1]).to_dict())
     cos, sin = rope_tables(cfg)
     freqs = torch.arange(64).float()[:, None] * inv_freq(cfg)
     assert cos.shape == (64, 16)
