@@ -62,8 +62,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         cfg = DecoderConfig.from_dict(raw)
         state = load_file(str(path / "model.safetensors"))
         return Checkpoint(_build(cfg, state, path), tokenizer, path, "kiln")
-    family = family_for(raw)
     try:
+        family = family_for(raw)
         cfg = hf_config_to_kiln(raw, tokenizer, _generation_config(path))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None

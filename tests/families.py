@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 BASE = dict(
     hidden_size=64,
@@ -36,7 +35,7 @@ class Spec:
     config: str  # transformers config class
     model: str  # transformers model class
     overrides: dict[str, Any] = field(default_factory=dict)
-    dtype: torch.dtype = torch.float32  # how the weights are saved
+    dtype: str = "float32"  # how the weights are saved (a torch dtype name)
     max_shard_size: str | None = None
     saved: dict[str, Any] = field(default_factory=dict)  # written into config.json afterwards (hub quirks)
 
@@ -65,16 +64,14 @@ SPECS: dict[str, Spec] = {
             "tie_word_embeddings": True,
             "rope_scaling": {"rope_type": "linear", "factor": 2.0},
         },
-        dtype=torch.float16,
+        dtype="float16",
     ),
     "llama-yarn": Spec(
         "LlamaConfig",
         "LlamaForCausalLM",
         {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}},
     ),
-    "qwen2": Spec(
-        "Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True, "eos_token_id": [2, 3]}, torch.bfloat16
-    ),
+    "qwen2": Spec("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True, "eos_token_id": [2, 3]}, "bfloat16"),
     "qwen3": Spec("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}),
     "mistral": Spec("MistralConfig", "MistralForCausalLM", {"sliding_window": 8, "head_dim": 16}),
     "phi3": Spec(
@@ -123,6 +120,7 @@ def tiny_tokenizer():  # type: ignore[no-untyped-def]
 
 
 def build_hf_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
+    import torch
     import transformers
 
     spec = SPECS[name]
@@ -134,7 +132,7 @@ def build_hf_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         for param in model.parameters():  # zero biases and unit norms would hide bugs
             param.add_(torch.randn(param.shape, generator=gen) * 0.05)
-    model.to(spec.dtype).save_pretrained(out, max_shard_size=spec.max_shard_size or "5GB")
+    model.to(getattr(torch, spec.dtype)).save_pretrained(out, max_shard_size=spec.max_shard_size or "5GB")
     if spec.saved:
         raw = json.loads((out / "config.json").read_text())
         (out / "config.json").write_text(json.dumps({**raw, **spec.saved}, indent=2))
@@ -160,6 +158,7 @@ class FamilyZoo:
     def reference(self, name: str):  # type: ignore[no-untyped-def]
         """The transformers model as saved (bf16/fp16 weights upcast), fp32, eager attention."""
         if name not in self._refs:
+            import torch
             import transformers
 
             self._refs[name] = transformers.AutoModelForCausalLM.from_pretrained(

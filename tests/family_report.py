@@ -21,7 +21,7 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(phases))
     for name in FAMILIES:
         spec = SPECS[name]
-        saved = str(spec.dtype).removeprefix("torch.")
+        saved = spec.dtype
         if spec.max_shard_size:
             saved += f", sharded ({spec.max_shard_size})"
         for variant in ("fp32", "fused"):
