@@ -12,10 +12,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contracts.manifest import GQA, STANDARD, TextManifest, attention_state
+from contracts.triton import triton_lm_name
 from export.checkpoint import load_checkpoint
-from export.fused_graph import GRAPH_KIND, build_fused_lm_onnx, fused_unsupported
-from export.onnx_export import export_lm_onnx, input_names, output_names, toolchain_versions
-from export.triton_repo import lm_onnx_config, staged_entry, triton_lm_name, write_config, write_lm_python_entry
+from export.fused_graph import build_fused_lm_onnx, fused_unsupported
+from export.onnx_export import export_lm_onnx, toolchain_versions
+from export.triton_repo import lm_onnx_config, staged_entry, write_config, write_lm_python_entry
 from export.variants import optimize_offline, perplexity, quantize_int8, token_windows
 from export.verify import verify_fused_lm, verify_lm
 
@@ -110,39 +112,36 @@ def export_checkpoint(
         report["timings_s"]["perplexity"] = time.perf_counter() - t
 
         ckpt.tokenizer.save(str(staging / "tokenizer.json"))
-        manifest = {
-            "kind": "text-generation",
-            "name": name,
-            "files": {k: FILES[k] for k in [*produced, *([] if no_fused else ["fused"])]},
-            "graphs": {} if no_fused else {"fused": GRAPH_KIND},
-            "family": cfg.family,
-            "tokenizer": "tokenizer.json",
-            "num_layers": cfg.num_layers,
-            "num_heads": cfg.num_heads,
-            "num_kv_heads": cfg.num_kv_heads,
-            "head_dim": cfg.head_dim,
-            "hidden_size": cfg.hidden_size,
-            "vocab_size": cfg.vocab_size,
-            "max_position_embeddings": cfg.max_position_embeddings,
-            "bos_token_id": cfg.bos_token_id,
-            "eos_token_id": cfg.eos_token_id,
-            "eos_token_ids": cfg.eos_token_ids,  # every id that ends generation (Llama 3, Qwen: several)
-            "pad_token_id": cfg.pad_token_id,
-            "add_bos": ckpt.add_bos,
-            "generation_defaults": GENERATION_DEFAULTS,
-            "inputs": input_names(cfg.num_layers),
-            "outputs": output_names(cfg.num_layers),
-        }
-        if target == "triton":
-            manifest["triton_model"] = triton_lm_name(name)
+        manifest = TextManifest(
+            name=name,
+            files={k: FILES[k] for k in [*produced, *([] if no_fused else ["fused"])]},
+            graphs={**{k: STANDARD for k in produced}, **({} if no_fused else {"fused": GQA})},
+            state=attention_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim),
+            vocab_size=cfg.vocab_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            bos_token_id=cfg.bos_token_id,
+            eos_token_ids=tuple(cfg.eos_token_ids),  # every id that ends generation (Llama 3, Qwen: several)
+            pad_token_id=cfg.pad_token_id,
+            add_bos=ckpt.add_bos,
+            generation_defaults=GENERATION_DEFAULTS,
+            architecture={
+                "family": cfg.family,
+                "num_layers": cfg.num_layers,
+                "num_heads": cfg.num_heads,
+                "num_kv_heads": cfg.num_kv_heads,
+                "head_dim": cfg.head_dim,
+                "hidden_size": cfg.hidden_size,
+            },
+            triton_model=triton_lm_name(name) if target == "triton" else None,
+        )
         if tensorrt:
             from export.tensorrt import build_lm_engine
 
             t = time.perf_counter()
             report["tensorrt"] = build_lm_engine(fp32, staging / VERSION_DIR / "model.plan", cfg, fp16=fp16)
             report["timings_s"]["tensorrt"] = time.perf_counter() - t
-        (staging / "kiln.json").write_text(json.dumps(manifest, indent=2))
-        write_config(staging, lm_onnx_config(name, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size))
+        manifest.write(staging)
+        write_config(staging, lm_onnx_config(name, manifest.state, cfg.vocab_size))
         report["timings_s"]["total"] = time.perf_counter() - started
         report["summary"] = {
             "model": name,

@@ -21,22 +21,14 @@ def build_tiny_lm_repo(root: Path, name: str = "tiny-lm", seed: int = 0, target:
     import torch
 
     from export.checkpoint import save_checkpoint
-    from export.models.llama import LlamaConfig, LlamaLM
+    from export.models.llama import LlamaLM
     from export.pipeline import export_checkpoint
     from export.tokenizer import train_tokenizer
+    from tests.models import tiny_llama_config
 
     tokenizer = train_tokenizer(TINY_TEXT * 5, vocab_size=320)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=256,
-    )
-    model = LlamaLM(cfg).eval()
+    model = LlamaLM(tiny_llama_config(tokenizer.get_vocab_size(), max_position_embeddings=256)).eval()
     ckpt = save_checkpoint(model, tokenizer, root / "checkpoints" / name)
     repo = root / "model_repository"
     export_checkpoint(ckpt, repo, name, variants=False, val_texts=TINY_TEXT, target=target)

@@ -9,11 +9,12 @@ the service's runners, so the same checks hold whatever the engine looks like.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from contracts.manifest import TextManifest
 
 
 def session(onnx_file: Path) -> ort.InferenceSession:
@@ -24,10 +25,12 @@ def session(onnx_file: Path) -> ort.InferenceSession:
 
 class _Driver:
     def __init__(self, entry: Path, variant: str, rows: int = 2, capacity: int = 48, seed: int = 0) -> None:
-        manifest = json.loads((entry / "kiln.json").read_text())
-        self.sess = session(entry / manifest["files"][variant])
-        self.layers = manifest["num_layers"]
-        shape = (rows, manifest["num_kv_heads"], capacity, manifest["head_dim"])
+        manifest = TextManifest.read(entry)
+        graph = manifest.graph(variant)
+        assert graph.variant == variant, f"{entry.name} has no {variant} graph"
+        self.sess = session(graph.path)
+        self.layers = manifest.num_layers
+        shape = (rows, *manifest.state[0].slot_shape("key.0", capacity))
         rng = np.random.default_rng(seed)
         self.cache = [rng.standard_normal(shape).astype(np.float32) for _ in range(2 * self.layers)]
         self.lengths = [0] * rows

@@ -38,7 +38,7 @@ class Server:
             **env,
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             env=full_env,
             stdout=subprocess.PIPE if capture_output else None,
             stderr=subprocess.STDOUT if capture_output else None,

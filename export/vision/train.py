@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from contracts.vision import PreprocessContract, crop_resize, normalize, tile_boxes
 from export.vision.checkpoint import save_vision_checkpoint
 from export.vision.data import LABELS, SCENE_SIZE, Scene, make_scenes
 from export.vision.vit import ViT, ViTConfig
-from service.vision.views import Contract, crop_resize, normalize, tile_boxes
 
 DEMO_VIT = dict(image_size=32, patch_size=8, dim=64, depth=4, heads=4, mlp_ratio=2.0, stem="conv")
 MEAN, STD = (0.22, 0.2, 0.2), (0.1, 0.1, 0.1)  # the scenes are dark, low-contrast
@@ -38,8 +38,8 @@ GRID, OVERLAP = 3, 0.25
 DATASET = "kiln-digit-scenes"
 
 
-def demo_contract(image_size: int = 32) -> Contract:
-    return Contract((image_size, image_size), MEAN, STD, "bilinear", LABELS)
+def demo_contract(image_size: int = 32) -> PreprocessContract:
+    return PreprocessContract((image_size, image_size), MEAN, STD, "bilinear", LABELS)
 
 
 def _visible(box: tuple[float, float, float, float], digit: tuple[int, int, int, int]) -> float:
@@ -55,7 +55,9 @@ def _target(label: int, visible: float, classes: int = 10) -> np.ndarray:
     return t
 
 
-def make_samples(scenes: list[Scene], contract: Contract, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def make_samples(
+    scenes: list[Scene], contract: PreprocessContract, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 crops [N, H, W, 3] and soft targets [N, 10]; 4 per scene: 2 digit crops, a tile, the scene."""
     tiles = tile_boxes(SCENE_SIZE, SCENE_SIZE, GRID, OVERLAP)
     side = tiles[0][2] - tiles[0][0]

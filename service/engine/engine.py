@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 from numpy.random import default_rng  # imported now: numpy loads it lazily, ~20 ms on first use
@@ -32,6 +32,7 @@ from numpy.random import default_rng  # imported now: numpy loads it lazily, ~20
 from service.engine.detokenize import StreamDecoder
 from service.engine.observer import EngineObserver
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
+from service.engine.runner import ModelRunner
 from service.engine.sampling import sample_token, token_logprobs
 from service.errors import QueueFull, Unavailable
 
@@ -64,9 +65,9 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 class GenerationEngine:
     def __init__(
         self,
-        runner,  # OrtLMRunner-like: prefill/decode/move_row/release_row, max_batch, max_seq_len
+        runner: ModelRunner,
         decode: Callable[[Sequence[int]], str],
-        eos_token_id: int,
+        eos_token_ids: Collection[int],
         vocab_size: int,
         max_queue: int,
         prefill_chunk: int = 8,
@@ -79,7 +80,7 @@ class GenerationEngine:
         self.runner = runner
         self.name = name
         self._decode_text = decode
-        self.eos = eos_token_id
+        self.eos = frozenset(int(t) for t in eos_token_ids)  # any of them ends a sequence
         self.vocab = vocab_size
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk  # most prompts started per step
@@ -263,7 +264,7 @@ class GenerationEngine:
         seq.seen[token] = True
         seq.generated += 1
         self.obs.tokens(self.name, seq.req.protocol, 1)
-        if token == self.eos and not seq.req.ignore_eos:
+        if token in self.eos and not seq.req.ignore_eos:
             self._finish(row, "eos")
             return
         event = TokenEvent(seq.decoder.push(token), token)
@@ -274,7 +275,7 @@ class GenerationEngine:
             self._finish(row, "stop")
         elif seq.generated >= seq.req.max_new_tokens:
             self._finish(row, "length")
-        elif int(self.runner.lengths[row]) >= self.runner.max_seq_len:
+        elif not self.runner.can_grow(row):
             self._finish(row, "length")
 
     def _reap(self) -> None:

@@ -119,7 +119,7 @@ def _context(tmp: Path, wheels: Path) -> Path:
     for name in ("pyproject.toml", "README.md", ".dockerignore"):
         shutil.copy2(ROOT / name, ctx / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("service", "export", "docker"):
+    for name in ("service", "export", "contracts", "cli", "docker"):
         shutil.copytree(ROOT / name, ctx / name, ignore=ignore)
     for whl in wheels.iterdir():
         shutil.copy2(whl, ctx / "docker" / "wheels" / whl.name)

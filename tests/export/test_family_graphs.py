@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from contracts.manifest import TextManifest
 from tests.families import FAMILIES, SPECS
 from tests.graph_drivers import DRIVERS, session
 
@@ -35,8 +36,7 @@ def _reference(zoo, name: str, seqs: list[list[int]]) -> list[np.ndarray]:  # ty
 def drive_and_compare(zoo, name: str, variant: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Max |Δlogits| per phase of the served schedule (see the module docstring)."""
     entry = zoo.entry(name)
-    vocab = json.loads((entry / "kiln.json").read_text())["vocab_size"]
-    seqs = _sequences(vocab, (20, 17))
+    seqs = _sequences(TextManifest.read(entry).vocab_size, (20, 17))
     want = _reference(zoo, name, seqs)
     driver = DRIVERS[variant](entry, variant)
     errors: dict[str, float] = {}
@@ -65,19 +65,18 @@ def test_graph_matches_transformers_as_served(family_zoo, name: str, variant: st
 @pytest.mark.parametrize("name", FAMILIES)
 def test_standard_graph_prefills_rows_of_different_lengths_in_one_call(family_zoo, name: str) -> None:  # type: ignore[no-untyped-def]
     """A right-padded batch: every real position of both rows has transformers' logits."""
-    entry = family_zoo.entry(name)
-    manifest = json.loads((entry / "kiln.json").read_text())
-    seqs = _sequences(manifest["vocab_size"], (18, 11), seed=5)
+    manifest = TextManifest.read(family_zoo.entry(name))
+    seqs = _sequences(manifest.vocab_size, (18, 11), seed=5)
     want = _reference(family_zoo, name, seqs)
     ids = np.zeros((2, 18), np.int64)
     mask = np.zeros((2, 18), np.int64)
     for r, s in enumerate(seqs):
         ids[r, : len(s)], mask[r, : len(s)] = s, 1
     feeds = {"input_ids": ids, "position_ids": np.tile(np.arange(18), (2, 1)), "attention_mask": mask}
-    empty = np.zeros((2, manifest["num_kv_heads"], 0, manifest["head_dim"]), np.float32)
-    for i in range(manifest["num_layers"]):
-        feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = empty
-    logits = session(entry / manifest["files"]["fp32"]).run(["logits"], feeds)[0]
+    for layer in manifest.state:
+        for tensor in layer.tensors:
+            feeds[f"past_{tensor}"] = np.zeros((2, *layer.slot_shape(tensor, 0)), np.float32)
+    logits = session(manifest.graph("fp32").path).run(["logits"], feeds)[0]
     for r, s in enumerate(seqs):
         assert np.abs(logits[r, : len(s)] - want[r]).max() < TOL, (name, r)
 
@@ -93,9 +92,8 @@ def test_export_report_verifies_both_graphs(family_zoo, name: str) -> None:  # t
 
 
 def test_manifest_carries_every_eos_id(family_zoo) -> None:  # type: ignore[no-untyped-def]
-    for name, eos in (("llama3", [2, 5]), ("qwen2", [2, 3]), ("mistral", [2])):
-        manifest = json.loads((family_zoo.entry(name) / "kiln.json").read_text())
-        assert manifest["eos_token_ids"] == eos and manifest["eos_token_id"] == eos[0], name
+    for name, eos in (("llama3", (2, 5)), ("qwen2", (2, 3)), ("mistral", (2,))):
+        assert TextManifest.read(family_zoo.entry(name)).eos_token_ids == eos, name
 
 
 def test_checkpoints_cover_the_storage_formats(family_zoo) -> None:  # type: ignore[no-untyped-def]
@@ -111,6 +109,6 @@ def test_checkpoints_cover_the_storage_formats(family_zoo) -> None:  # type: ign
 
 
 def test_longrope_context_is_capped_where_transformers_changes_frequencies(family_zoo) -> None:  # type: ignore[no-untyped-def]
-    manifest = json.loads((family_zoo.entry("phi3") / "kiln.json").read_text())
-    assert manifest["max_position_embeddings"] == 64  # original_max_position_embeddings, not 128
+    manifest = TextManifest.read(family_zoo.entry("phi3"))
+    assert manifest.max_position_embeddings == 64  # original_max_position_embeddings, not 128
     assert "original_max_position_embeddings=64" in family_zoo.export("phi3")["config"]["notes"][0]

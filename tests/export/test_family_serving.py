@@ -15,6 +15,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from contracts.manifest import TextManifest
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import wait_ready
@@ -65,10 +66,9 @@ def _stream(client: TestClient, model: str, prompt: str) -> tuple[list[int], dic
 def _greedy(zoo, name: str, prompt: str) -> list[int]:  # type: ignore[no-untyped-def]
     """transformers' greedy continuation of the prompt ids the gateway builds (BOS + ids)."""
     entry = zoo.entry(name)
-    manifest = json.loads((entry / "kiln.json").read_text())
-    tokenizer = zoo_tokenizer(entry)
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    ids = [manifest["bos_token_id"], *ids] if manifest["add_bos"] else ids
+    manifest = TextManifest.read(entry)
+    ids = zoo_tokenizer(entry).encode(prompt, add_special_tokens=False).ids
+    ids = [manifest.bos_token_id, *ids] if manifest.add_bos else ids
     hf = zoo.reference(name)
     with torch.no_grad():
         out = hf.generate(

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, KilnError
+
+# Kiln's finish reasons as OpenAI names them.
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "timeout": "length"}
+# The data plane's field names where OpenAI's differ (an error's `param` names the wire field).
+PARAM_NAMES = {"max_new_tokens": "max_tokens"}
+
+
+@contextmanager
+def openai_errors() -> Iterator[None]:
+    """Errors raised inside name OpenAI's request fields in `param`."""
+    try:
+        yield
+    except KilnError as exc:
+        exc.param = PARAM_NAMES.get(exc.param or "", exc.param)
+        raise
 
 
 class StreamOptions(BaseModel):
@@ -56,6 +72,8 @@ class CompletionRequest(BaseModel):
             raise InvalidRequest(
                 "token-id prompts are not supported; send text", code="unsupported_parameter", param="prompt"
             )
+        if not self.prompts:
+            raise InvalidRequest("`prompt` must hold at least one prompt", code="empty_prompt", param="prompt")
 
     @property
     def prompts(self) -> list[str]:
@@ -99,7 +117,3 @@ class Completion(BaseModel):
 
     def sse(self) -> bytes:
         return f"data: {self.model_dump_json(exclude_none=False)}\n\n".encode()
-
-
-def dump(obj: Any) -> Any:
-    return obj.model_dump() if isinstance(obj, BaseModel) else obj

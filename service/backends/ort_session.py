@@ -1,0 +1,21 @@
+"""ONNX Runtime sessions as Kiln runs them: every graph optimization, CPU, one inter-op thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+
+def cpu_session(path: Path, threads: int = 0, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """`threads` intra-op threads (0 = ONNX Runtime's default, one per core); with `profile_prefix`,
+    ONNX Runtime's profiler records every kernel (the benchmark's step breakdown)."""
+    opts = ort.SessionOptions()
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
