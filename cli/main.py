@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--checkpoint",
         default=str(DEMO_LM_CHECKPOINT),
-        help="Kiln or Hugging Face Llama directory, or a classifier checkpoint (config.json kind image-classification)",
+        help="Kiln or Hugging Face decoder directory (docs/models.md), "
+        "or a classifier checkpoint (config.json kind image-classification)",
     )
     p.add_argument("--weights", help="classifiers: a weights file other than model.safetensors (.safetensors or .pth)")
     p.add_argument("--repository", default="model_repository")

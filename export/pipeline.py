@@ -15,7 +15,7 @@ from pathlib import Path
 from contracts.manifest import GQA, STANDARD, TextManifest, attention_state
 from contracts.triton import triton_lm_name
 from export.checkpoint import load_checkpoint
-from export.fused_graph import build_fused_lm_onnx
+from export.fused_graph import build_fused_lm_onnx, fused_unsupported
 from export.onnx_export import export_lm_onnx, toolchain_versions
 from export.triton_repo import lm_onnx_config, staged_entry, write_config, write_lm_python_entry
 from export.variants import optimize_offline, perplexity, quantize_int8, token_windows
@@ -77,8 +77,14 @@ def export_checkpoint(
         produced = {"fp32": fp32}
         # The graph the in-process engine serves (ONNX Runtime contrib operators, cache updated
         # in place): same weights, checked against PyTorch the way the engine drives it.
-        fused = build_fused_lm_onnx(model, staging / FILES["fused"])
-        report["verification"]["fused"] = verify_fused_lm(model, fused, tolerance)
+        # A config GroupQueryAttention cannot run gets no fused graph: the runner falls back to
+        # the standard one, and the report says why.
+        no_fused = fused_unsupported(cfg)
+        if no_fused:
+            report["fused_skipped"] = no_fused
+        else:
+            fused = build_fused_lm_onnx(model, staging / FILES["fused"])
+            report["verification"]["fused"] = verify_fused_lm(model, fused, tolerance)
         if variants:
             opt = optimize_offline(fp32, staging / FILES["optimized"])
             report["verification"]["optimized"] = verify_lm(model, opt, tolerance)
@@ -94,7 +100,8 @@ def export_checkpoint(
             ckpt.tokenizer, texts, cfg.bos_token_id, min(256, cfg.max_position_embeddings), ppl_tokens
         )
         report["perplexity_tokens"] = sum(len(w) - 1 for w in windows)
-        report["size_bytes"]["fused"] = fused.stat().st_size
+        if not no_fused:
+            report["size_bytes"]["fused"] = fused.stat().st_size
         for variant, path in produced.items():  # standard-contract graphs (fused: verified above)
             report["perplexity"][variant] = perplexity(path, windows, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
             report["size_bytes"][variant] = path.stat().st_size
@@ -107,17 +114,18 @@ def export_checkpoint(
         ckpt.tokenizer.save(str(staging / "tokenizer.json"))
         manifest = TextManifest(
             name=name,
-            files={k: FILES[k] for k in [*produced, "fused"]},
-            graphs={**{k: STANDARD for k in produced}, "fused": GQA},
+            files={k: FILES[k] for k in [*produced, *([] if no_fused else ["fused"])]},
+            graphs={**{k: STANDARD for k in produced}, **({} if no_fused else {"fused": GQA})},
             state=attention_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim),
             vocab_size=cfg.vocab_size,
             max_position_embeddings=cfg.max_position_embeddings,
             bos_token_id=cfg.bos_token_id,
-            eos_token_ids=(cfg.eos_token_id,),
+            eos_token_ids=tuple(cfg.eos_token_ids),  # every id that ends generation (Llama 3, Qwen: several)
             pad_token_id=cfg.pad_token_id,
             add_bos=ckpt.add_bos,
             generation_defaults=GENERATION_DEFAULTS,
             architecture={
+                "family": cfg.family,
                 "num_layers": cfg.num_layers,
                 "num_heads": cfg.num_heads,
                 "num_kv_heads": cfg.num_kv_heads,

@@ -88,3 +88,6 @@ def wait_ready(client, timeout: float = 60.0) -> None:  # type: ignore[no-untype
             return
         time.sleep(0.05)
     raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")
+
+
+from tests.families import family_zoo  # noqa: E402,F401 - session fixture: one tiny checkpoint per HF family
