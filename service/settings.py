@@ -96,6 +96,12 @@ class Settings(BaseSettings):
 
     drain_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM.")
     retry_after_s: int = Field(ENGINE.retry_after_s, ge=1, description="Retry-After sent with 429.")
+    prefix_cache: bool = Field(
+        ENGINE.prefix_cache, description="Reuse finished sequences' positions for prompts that share a prefix."
+    )
+    prefix_cache_shared: bool = Field(
+        ENGINE.prefix_cache_shared, description="Let a cached prefix serve other API keys too (timing leaks)."
+    )
     fault_step_delay_ms: float = Field(
         ENGINE.fault_step_delay_ms,
         ge=0,

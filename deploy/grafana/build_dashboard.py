@@ -165,6 +165,20 @@ ROWS = [
             ),
             ("Queue time", "timeseries", "s", 8, quantiles("kiln_queue_time_seconds", "model", GW, (0.5, 0.99)), ""),
             (
+                "Prefix cache hit rate",
+                "timeseries",
+                "percentunit",
+                8,
+                [
+                    q(
+                        f"sum by (model) (rate(kiln_prefix_cache_hits_total{{{GW}}}{RATE}))"
+                        f" / sum by (model) (rate(kiln_prefix_cache_queries_total{{{GW}}}{RATE}))",
+                        "{{model}}",
+                    )
+                ],
+                "Share of prompt tokens served from finished sequences' slots instead of being prefilled.",
+            ),
+            (
                 "Batch size",
                 "timeseries",
                 "short",

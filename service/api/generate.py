@@ -53,6 +53,7 @@ def finish_payload(model: str, event: FinishEvent) -> dict:
         ttft_ms=None if event.ttft_s is None else round(event.ttft_s * 1000, 3),
         total_ms=round(event.total_s * 1000, 3),
         queue_ms=round(event.queue_s * 1000, 3),
+        cached_tokens=event.cached_tokens,
     )
     return {"model": model, "finish_reason": event.reason, "usage": usage.model_dump(), "timings": timings.model_dump()}
 

@@ -50,6 +50,7 @@ class GenerateParams:
     grammar: Grammar | None = None  # structured output: each sequence gets its own matcher
     add_special_tokens: bool = True  # False: the prompt already holds them (a rendered chat template)
     fit_to_context: bool = False  # max_new_tokens is a ceiling: stop where the context ends instead of refusing
+    tenant: str = ""  # whose cached prefixes it may reuse (set by the data plane from the caller)
 
 
 class TextStream(Protocol):
@@ -259,6 +260,7 @@ class TextModel(BaseTextModel):
             min_tokens=params.min_tokens,
             stop_token_ids=params.stop_token_ids,
             constraint=params.grammar.matcher() if params.grammar is not None else None,
+            tenant=params.tenant,
             protocol=protocol,
         )
         self.engine.submit(req)

@@ -108,9 +108,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):  # ty
             ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=FINISH[done.finish.reason])
         )
     completion_tokens = sum(done.finish.completion_tokens for done in results)
-    usage = CompletionUsage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-    )
+    usage = CompletionUsage.of(prompt_tokens, completion_tokens, results[0].finish.cached_tokens)
     return ChatCompletion(id=completion_id, created=created, model=model.name, choices=choices, usage=usage)
 
 
@@ -135,7 +133,7 @@ async def stream_chunks(
             await merged.put((index, event))
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    remaining, completion_tokens = len(streams), 0
+    remaining, completion_tokens, cached = len(streams), 0, 0
     try:
         for index in range(len(streams)):
             yield chunk(index, {"role": "assistant", "content": ""})
@@ -150,17 +148,15 @@ async def stream_chunks(
                     return
                 remaining -= 1
                 completion_tokens += event.completion_tokens
+                if index == 0:  # the choices share one prompt: usage counts it once
+                    cached = event.cached_tokens
                 yield chunk(index, {}, FINISH.get(event.reason, event.reason))
                 continue
             logprobs = [token_logprob(model, event)] if want_logprobs and event.token_id >= 0 else None
             if event.text or logprobs:
                 yield chunk(index, {"content": event.text}, logprobs=logprobs)
         if include_usage:
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
+            usage = CompletionUsage.of(prompt_tokens, completion_tokens, cached).model_dump()
             yield sse.event({**head, "choices": [], "usage": usage})
         yield sse.DONE
     finally:

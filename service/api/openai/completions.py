@@ -105,9 +105,8 @@ async def completions(body: CompletionRequest, request: Request):  # type: ignor
         reason = FINISH[done.finish.reason]
         choices.append(CompletionChoice(index=index, text=done.text, logprobs=logprobs, finish_reason=reason))
     completion_tokens = sum(done.finish.completion_tokens for done in results)
-    usage = CompletionUsage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-    )
+    cached = sum(done.finish.cached_tokens for done, (_, i) in zip(results, jobs, strict=True) if i == 0)
+    usage = CompletionUsage.of(prompt_tokens, completion_tokens, cached)
     return Completion(id=completion_id, created=created, model=model.name, choices=choices, usage=usage)
 
 
@@ -130,7 +129,7 @@ async def stream_chunks(
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     builders = [LogProbBuilder(model) if body.logprobs is not None else None for _ in streams]
     remaining = len(streams)
-    completion_tokens = 0
+    completion_tokens = cached = 0
 
     def chunk(choice: CompletionChoice) -> bytes:
         return Completion(id=completion_id, created=created, model=model.name, choices=[choice]).sse()
@@ -146,6 +145,7 @@ async def stream_chunks(
                     return
                 remaining -= 1
                 completion_tokens += event.completion_tokens
+                cached += event.cached_tokens if index % body.n == 0 else 0  # once per prompt, as usage counts
                 yield chunk(
                     CompletionChoice(index=index, text="", finish_reason=FINISH.get(event.reason, event.reason))
                 )
@@ -155,11 +155,7 @@ async def stream_chunks(
             if event.text or logprobs:
                 yield chunk(CompletionChoice(index=index, text=event.text, logprobs=logprobs))
         if include_usage:
-            usage = CompletionUsage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
+            usage = CompletionUsage.of(prompt_tokens, completion_tokens, cached)
             yield Completion(id=completion_id, created=created, model=model.name, choices=[], usage=usage).sse()
         yield sse.DONE
     finally:
