@@ -72,14 +72,18 @@ async def generate(body: GenerateRequest, request: Request):  # type: ignore[no-
 
 
 async def sse_events(stream: TextStream, model: str, request_id: str) -> AsyncIterator[bytes]:
-    async for event in stream:
-        if isinstance(event, FinishEvent):
-            if event.reason == "error":
-                yield sse.error_event(
-                    event.error or KilnError(event.message or "inference failed", code="inference_failed")
-                )
-            else:
-                yield sse.event({"id": request_id, **finish_payload(model, event)}, "finish")
-            yield sse.DONE
-        elif event.text:
-            yield sse.event({"id": request_id, "text": event.text, "token": event.token_id})
+    """One write per burst: the tokens a slow reader has not taken yet go out together."""
+    async for burst in stream.bursts():
+        out: list[bytes] = []
+        for event in burst:
+            if isinstance(event, FinishEvent):
+                if event.reason == "error":
+                    error = event.error or KilnError(event.message or "inference failed", code="inference_failed")
+                    out.append(sse.error_event(error))
+                else:
+                    out.append(sse.event({"id": request_id, **finish_payload(model, event)}, "finish"))
+                out.append(sse.DONE)
+            elif event.text:
+                out.append(sse.event({"id": request_id, "text": event.text, "token": event.token_id}))
+        if out:
+            yield b"".join(out)

@@ -47,6 +47,10 @@ class TritonEventStream:
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events
 
+    async def bursts(self) -> AsyncIterator[list[Event]]:
+        async for event in self._events:  # one response per token arrives from Triton anyway
+            yield [event]
+
     def cancel(self) -> None:
         self._handle.cancelled = True
 

@@ -60,6 +60,11 @@ class TextStream(Protocol):
 
     def __aiter__(self) -> AsyncIterator[Event]: ...
 
+    def bursts(self) -> AsyncIterator[list[Event]]:
+        """The same events, grouped: everything already delivered comes in one list, so a
+        transport writes a client's pending tokens in one send instead of one per token."""
+        ...
+
     def cancel(self) -> None:
         """Stop generating and free the slot (safe from any thread, idempotent)."""
         ...
@@ -80,11 +85,18 @@ class EventStream:
         return self._events()
 
     async def _events(self) -> AsyncIterator[Event]:
+        async for burst in self.bursts():
+            for event in burst:
+                yield event
+
+    async def bursts(self) -> AsyncIterator[list[Event]]:
         try:
             while True:
-                event = await self._queue.get()
-                yield event
-                if isinstance(event, FinishEvent):
+                burst = [await self._queue.get()]
+                while not self._queue.empty():
+                    burst.append(self._queue.get_nowait())
+                yield burst
+                if isinstance(burst[-1], FinishEvent):
                     return
         finally:
             self.request.cancel()  # no-op once finished; frees the slot if the client left

@@ -140,6 +140,3 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: CompletionUsage | None = None
     system_fingerprint: str | None = None
-
-    def sse(self) -> bytes:
-        return f"data: {self.model_dump_json(exclude_none=False)}\n\n".encode()
