@@ -211,6 +211,7 @@ class VisionManifest:
     calibration: str | None = None
     arch: str = ""
     triton_model: str | None = None
+    views: str | None = None  # the views graph (image -> every view, contracts/view_plan.py); Pillow when absent
     root: Path | None = field(default=None, compare=False)
 
     kind: ClassVar[str] = VISION_KIND
@@ -234,6 +235,8 @@ class VisionManifest:
             out["calibration"] = self.calibration
         if self.triton_model:
             out["triton_model"] = self.triton_model
+        if self.views:
+            out["views"] = self.views
         return out
 
     @classmethod
@@ -250,6 +253,7 @@ class VisionManifest:
                 calibration=data.get("calibration"),
                 arch=str(data.get("arch", "")),
                 triton_model=data.get("triton_model"),
+                views=data.get("views"),
                 root=root,
             )
         except KeyError as exc:

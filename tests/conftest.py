@@ -72,7 +72,7 @@ def build_tiny_vision_repo(root: Path, name: str = "tiny-vit", seed: int = 0) ->
         dataset={"name": DATASET, "seed": seed},
     )
     repo = root / "model_repository"
-    export_classifier(ckpt, repo, name, per_source=1, source_limit=16)
+    export_classifier(ckpt, repo, name, per_source=2, source_limit=24)
     return repo
 
 
