@@ -17,6 +17,7 @@ cannot serve per-request calibrators or α, and a silent half-service would be w
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +26,12 @@ import numpy as np
 from contracts.calibrators import Calibrator
 from contracts.conformal import ConformalMethod, min_alpha, quantile, true_scores
 from contracts.drift import DriftReference
-from contracts.manifest import read_json, write_json
+from contracts.manifest import read_json
 from contracts.versions import ContractError, check_version
 
 CALIBRATION_VERSION = 2
 PIPELINES = ("single", "multi", "multi_flip")
-SIGNIFICANT_DIGITS = 7  # stored probabilities: both sides compute from the stored values
+SIGNIFICANT_DIGITS = 6  # stored probabilities: both sides compute from the stored values
 
 
 def _round(x: np.ndarray) -> list:
@@ -78,6 +79,7 @@ class PipelineCalibration:
     holdout_probs: np.ndarray  # [n, C] uncalibrated aggregated distributions, validation part
     holdout_labels: np.ndarray  # [n]
     reference: DriftReference
+    holdout_sources: np.ndarray | None = None  # [n] which source image each came from (evaluation only)
     selection: dict = field(default_factory=dict)  # {"metric": "nll", "scores": {name: value}}
     _scores: dict = field(default_factory=dict, compare=False, repr=False)  # (calibrator, rule key) -> sorted
 
@@ -106,7 +108,11 @@ class PipelineCalibration:
             "default": self.default,
             "selection": dict(self.selection),
             "calibrators": {k: c.to_dict() for k, c in self.calibrators.items()},
-            "holdout": {"labels": [int(y) for y in self.holdout_labels], "probs": _round(self.holdout_probs)},
+            "holdout": {
+                "labels": [int(y) for y in self.holdout_labels],
+                "probs": _round(self.holdout_probs),
+                **({"sources": [int(s) for s in self.holdout_sources]} if self.holdout_sources is not None else {}),
+            },
             "reference": self.reference.to_dict(),
         }
 
@@ -127,6 +133,7 @@ class PipelineCalibration:
             holdout_probs=probs,
             holdout_labels=labels,
             reference=DriftReference.from_dict(d["reference"]),
+            holdout_sources=np.asarray(d["holdout"]["sources"], np.int64) if "sources" in d["holdout"] else None,
             selection=dict(d.get("selection", {})),
         )
 
@@ -163,7 +170,9 @@ class Calibration:
         return cls(pipelines, ConformalDefaults.from_dict(data.get("conformal", {})), dict(data.get("fitted_on", {})))
 
     def write(self, path: Path) -> Path:
-        return write_json(path, self.to_dict())
+        """Compact JSON: the holdout and the reference are ~10⁵ numbers."""
+        path.write_text(json.dumps(self.to_dict(), separators=(",", ":")))
+        return path
 
     @classmethod
     def read(cls, path: Path) -> Calibration:

@@ -85,7 +85,10 @@ def _dirichlet(p: np.ndarray, params: dict) -> np.ndarray:
 
 def _isotonic(p: np.ndarray, params: dict) -> np.ndarray:
     q = np.stack(
-        [np.interp(p[:, c], np.asarray(x), np.asarray(y)) for c, (x, y) in enumerate(zip(params["x"], params["y"], strict=True))],
+        [
+            np.interp(p[:, c], np.asarray(x), np.asarray(y))
+            for c, (x, y) in enumerate(zip(params["x"], params["y"], strict=True))
+        ],
         axis=1,
     )
     return _renormalise(q)

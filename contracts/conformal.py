@@ -78,7 +78,9 @@ def class_scores(probs: np.ndarray, rule: ConformalMethod, u: np.ndarray | None 
     return np.where(rank == 0, 0.0, scores)
 
 
-def true_scores(probs: np.ndarray, labels: np.ndarray, rule: ConformalMethod, u: np.ndarray | None = None) -> np.ndarray:
+def true_scores(
+    probs: np.ndarray, labels: np.ndarray, rule: ConformalMethod, u: np.ndarray | None = None
+) -> np.ndarray:
     """[N] the score of each image's true label (the calibration scores)."""
     labels = np.asarray(labels, np.int64)
     return class_scores(probs, rule, u)[np.arange(len(labels)), labels]

@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 import PIL
 
 from contracts.vision import PreprocessContract, view_boxes
@@ -125,7 +124,9 @@ class ViewPlan:
         }
 
 
-def _taps(starts: list[int], coeffs: np.ndarray, in_size: int, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _taps(
+    starts: list[int], coeffs: np.ndarray, in_size: int, k: int, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Index and weight rows padded to k taps (padding points at a valid index, weight 0)."""
     out, ks = coeffs.shape
     index = np.asarray(starts, np.int64)[:, None] + np.arange(k, dtype=np.int64)[None, :]

@@ -20,7 +20,7 @@ from contracts.drift import DriftReference
 from export.vision.calibrators import fit_all
 from export.vision.metrics import nll
 
-FIT_SHARE = 0.4  # of the calibration split's source digits; the rest is the validation part
+FIT_SHARE = 0.3  # of the calibration split's source digits; the rest is the validation part (the holdout)
 RAPS_LAMBDAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -58,6 +58,7 @@ def fit_pipeline(probs: np.ndarray, labels: np.ndarray, sources: Sequence[int], 
         default=default,
         holdout_probs=probs[val],
         holdout_labels=labels[val],
+        holdout_sources=np.asarray(sources)[val],
         reference=DriftReference.from_probs(probs),
         selection={
             "metric": "nll",

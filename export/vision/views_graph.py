@@ -147,7 +147,12 @@ def export_views_graph(contract: PreprocessContract, out_file: Path) -> Path:
 # (width, height) of the verification images: the demo scenes' size, tiny, upsampled, tall ones
 # (Pillow's vertical-first order), wide ones, and one large enough for many taps.
 VERIFY_SIZES = ((128, 128), (1, 1), (20, 13), (33, 300), (300, 33), (96, 160), (640, 480))
-VERIFY_OPTIONS = (("single", 3, 0.25, False), ("multi", 3, 0.25, True), ("multi", 2, 0.0, False), ("multi", 4, 0.5, True))
+VERIFY_OPTIONS = (
+    ("single", 3, 0.25, False),
+    ("multi", 3, 0.25, True),
+    ("multi", 2, 0.0, False),
+    ("multi", 4, 0.5, True),
+)
 
 
 def verify_views_graph(onnx_file: Path, contract: PreprocessContract, seed: int = 0) -> dict:
