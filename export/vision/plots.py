@@ -24,7 +24,7 @@ def reliability_png(result: dict, out: Path) -> Path:
     for ax, (pipeline, by_cal) in zip(np.atleast_1d(axes), curves.items(), strict=True):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect")
         default = result["defaults"][pipeline]
-        for name in sorted(by_cal, key=lambda n: (n != "none", n != "temperature", n)):
+        for name in sorted(by_cal, key=lambda n: (n != "none", n != "temperature", n)):  # stable colours
             rel = reliability(by_cal[name], labels)
             pts = [(c, a, n) for c, a, n in zip(rel["confidence"], rel["accuracy"], rel["count"], strict=True) if n]
             conf, acc, cnt = (np.array(v) for v in zip(*pts, strict=True))
