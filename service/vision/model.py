@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from PIL import Image
 
 from contracts.aggregate import aggregate, softmax
 from contracts.calibration import Calibration
@@ -33,6 +35,7 @@ from service.vision.preprocess import ImageLimits, decode_image
 from service.vision.views import ViewsGraph
 
 log = logging.getLogger("kiln.vision")
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,12 @@ class VisionModel:
         h, w = self.contract.input_size
         for n in (1, self.settings.classify_max_batch):  # warm up both ends of the batch axis
             self._run(np.zeros((n, 3, h, w), np.float32))
+        if self.views_graph is not None:  # and the views graph, for the common square case
+            self.views_graph.views(Image.new("RGB", (4 * w, 4 * h)), "multi", 3, 0.25, True)
+        # When a run ends, the batcher thread needs the GIL back to hand out the logits and start
+        # the next run; the event loop may hold it for many requests' worth of Python. Python's
+        # default 5 ms switch interval would leave the cores idle that long after every run.
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.batcher = DynamicBatcher(
             self._run,
             self.settings.classify_max_batch,
