@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 PREFIX = "KILN_"
+Speculative = Literal["off", "ngram"]
 Variant = Literal["fused", "fp32", "optimized", "int8"]  # the exported graphs a text model can run
 
 
@@ -27,6 +28,10 @@ class EngineConfig:
     retry_after_s: int = 1  # Retry-After with 429
     prefix_cache: bool = True  # finished sequences' positions serve later prompts that share a prefix
     prefix_cache_shared: bool = False  # across API keys too (else each key reuses only its own)
+    speculative: Speculative = "ngram"  # prompt-lookup drafts for a greedy sequence decoding alone
+    spec_tokens: int = 4  # the most tokens guessed per step
+    spec_ngram_max: int = 3
+    spec_ngram_min: int = 2
     fault_step_delay_ms: float = 0.0  # fault injection only: extra delay per engine step
 
     def to_parameters(self) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.engine import EngineConfig, Variant
+from contracts.engine import EngineConfig, Speculative, Variant
 
 ENGINE = EngineConfig()  # the engine's defaults, shared with the Triton model and the benchmark
 
@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     prefix_cache: bool = Field(
         ENGINE.prefix_cache, description="Reuse finished sequences' positions for prompts that share a prefix."
     )
+    speculative: Speculative = Field(
+        ENGINE.speculative, description="n-gram speculative decoding for a greedy sequence decoding alone (off: never)."
+    )
+    spec_tokens: int = Field(ENGINE.spec_tokens, ge=1, le=16, description="Most tokens guessed per step.")
+    spec_ngram_max: int = Field(ENGINE.spec_ngram_max, ge=1, le=8, description="Longest suffix looked up.")
+    spec_ngram_min: int = Field(ENGINE.spec_ngram_min, ge=1, le=8, description="Shortest suffix looked up.")
     prefix_cache_shared: bool = Field(
         ENGINE.prefix_cache_shared, description="Let a cached prefix serve other API keys too (timing leaks)."
     )

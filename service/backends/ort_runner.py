@@ -15,6 +15,7 @@ class OrtRunner:
     """What both runners share: the session, the slot state and the row bookkeeping."""
 
     prefix_reuse = "partial"  # attention KV: any prefix of a finished row serves a later prompt
+    can_verify = False  # a graph whose every position's logits can be had in one call
 
     def __init__(
         self,
@@ -49,6 +50,9 @@ class OrtRunner:
         raise NotImplementedError
 
     def decode(self, last_tokens: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def verify(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
         raise NotImplementedError
 
     def move_row(self, src: int, dst: int) -> None:

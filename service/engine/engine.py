@@ -35,6 +35,7 @@ from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
 from service.engine.runner import ModelRunner
 from service.engine.sampling import token_logprobs
 from service.engine.sequence import ActiveSequence
+from service.engine.speculative import SpecConfig, accepted_prefix, propose
 from service.errors import QueueFull, Unavailable
 
 log = logging.getLogger("kiln.engine")
@@ -56,6 +57,7 @@ class GenerationEngine:
         step_delay_s: float = 0.0,
         prefix_cache: bool = False,
         prefix_cache_shared: bool = False,
+        speculative: SpecConfig | None = None,
     ) -> None:
         self.runner = runner
         self.name = name
@@ -72,6 +74,8 @@ class GenerationEngine:
         self._active: list[ActiveSequence] = []
         self._prefilling: ActiveSequence | None = None  # in KV row len(self._active)
         self._mask_pool: ThreadPoolExecutor | None = None  # structured outputs only
+        # n-gram speculation needs a runner that scores a guess in one call (`verify`).
+        self.spec = speculative if speculative is not None and runner.can_verify else None
         reuse = runner.prefix_reuse if prefix_cache else "none"
         self.cache = (
             PrefixCache(runner.max_batch, shared=prefix_cache_shared, partial=reuse == "partial")
@@ -180,7 +184,7 @@ class GenerationEngine:
                         waited = now - req.created
                         req.emit(FinishEvent(reason, len(req.prompt_ids), 0, None, waited, waited, msg))
                         continue
-                    seq = ActiveSequence(req, self._decode_text, self.vocab, self.eos)
+                    seq = ActiveSequence(req, self._decode_text, self.vocab, self.eos, self.spec)
                     self.obs.queue_time(self.name, seq.admitted - req.created)
                     self._place(seq)
                     self._prefilling = seq
@@ -256,6 +260,8 @@ class GenerationEngine:
     def _step(self) -> None:
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
+        if self._speculate():
+            return
         self.obs.batch_size(self.name, len(self._active))
         last = np.fromiter((s.last_token for s in self._active), dtype=np.int64, count=len(self._active))
         masks = self._prepare_masks()
@@ -265,6 +271,32 @@ class GenerationEngine:
         # Walk backwards so finishing (which moves the last row into the hole) is safe.
         for row in range(len(self._active) - 1, -1, -1):
             self._accept(row, logits[row])
+
+    def _speculate(self) -> bool:
+        """A speculative step instead of a decode step, when it can pay: one greedy sequence alone
+        (a batched decode reads the weights once for every row; verifying rows one by one would
+        read them once per row), a guess to check, and a record that says guessing helps."""
+        if self.spec is None or len(self._active) != 1 or self._prefilling is not None:
+            return False
+        seq = self._active[0]
+        if not seq.fast_greedy or not seq.acceptance.worthwhile:
+            return False
+        held = self.runner.length(0)
+        room = min(self.spec.tokens, seq.req.max_new_tokens - seq.generated - 1, self.runner.max_seq_len - held - 1)
+        draft = propose(seq.tokens, self.spec)[: max(room, 0)]
+        if not draft:
+            return False
+        self.obs.batch_size(self.name, 1)
+        logits = self.runner.verify(0, [seq.last_token, *draft])
+        accepted = accepted_prefix(logits, draft)
+        self.runner.truncate(0, held + 1 + accepted)  # the last token and the confirmed guesses
+        seq.acceptance.record(len(draft), accepted)
+        self.obs.speculation(self.name, len(draft), accepted)
+        for i in range(accepted + 1):  # greedy: each row's choice is the guess (or the correction)
+            self._accept(0, logits[i])
+            if not self._active or self._active[0] is not seq:
+                break  # it finished (EOS, a stop, the length limit)
+        return True
 
     def _prepare_masks(self) -> Future | None:
         """Structured outputs: compute the next-token masks while the decode step runs."""

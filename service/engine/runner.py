@@ -19,9 +19,14 @@ class ModelRunner(Protocol):
     # How a finished row's state can serve a later prompt: "partial" (any prefix of it: attention
     # KV), "whole" (all of it or nothing: a recurrent state cannot be rolled back), "none".
     prefix_reuse: str
+    can_verify: bool  # `verify` works: speculative decoding can check drafts in one call
 
     def extend(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
         """Append tokens to the row's state (a prompt chunk); the last token's logits [vocab]."""
+        ...
+
+    def verify(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Like `extend`, but the logits of every token [len(token_ids), vocab]."""
         ...
 
     def decode(self, last_tokens: np.ndarray) -> np.ndarray:

@@ -15,13 +15,19 @@ from numpy.random import default_rng  # imported now: numpy loads it lazily, ~20
 from service.engine.detokenize import StreamDecoder
 from service.engine.request import GenerationRequest
 from service.engine.sampling import sample_token
+from service.engine.speculative import Acceptance, SpecConfig
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
 class ActiveSequence:
     def __init__(
-        self, req: GenerationRequest, decode: Callable[[Sequence[int]], str], vocab: int, eos: Collection[int]
+        self,
+        req: GenerationRequest,
+        decode: Callable[[Sequence[int]], str],
+        vocab: int,
+        eos: Collection[int],
+        spec: SpecConfig | None = None,
     ) -> None:
         self.req = req
         self.decoder = StreamDecoder(decode, req.stop)
@@ -42,6 +48,7 @@ class ActiveSequence:
         self.prefilled = 0  # prompt tokens already in the slot's state
         self.cached = 0  # of those, reused from a finished sequence's slot (prefix caching)
         self.tokens = list(req.prompt_ids)  # prompt and output: what the slot holds, and one more
+        self.acceptance = Acceptance(spec or SpecConfig())  # speculative decoding's record
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token under the request's sampling, bans and constraint."""

@@ -30,6 +30,7 @@ class RecurrentToyRunner:
     """h ← (h · A + onehot-ish(token)) mod 1, logits peak at a token derived from h."""
 
     prefix_reuse = "whole"  # a recurrent state: all of a finished row, or nothing
+    can_verify = False
 
     def __init__(self, max_batch: int, max_positions: int = 1_000_000) -> None:
         self.max_batch = max_batch
