@@ -1,11 +1,12 @@
-"""Checkpoints on disk: Kiln's own and Hugging Face Llama-family directories.
+"""Checkpoints on disk: Kiln's own, Hugging Face Llama-family and Mamba directories.
 
 Kiln's layout is `config.json` (model_type "kiln-llama") + `model.safetensors` +
 `tokenizer.json`. A Hugging Face Llama directory (`config.json` with model_type "llama",
 safetensors weights, single or sharded, and a `tokenizer.json`) loads into the same
 `LlamaLM`, because that module uses Llama's parameter names; only the `model.` prefix differs.
 Anything the graph contract cannot represent (RoPE scaling, biases, a head_dim that is not
-hidden/heads) is refused with a message, never silently approximated.
+hidden/heads) is refused with a message, never silently approximated. State-space models
+(Kiln's "kiln-hybrid", Hugging Face "mamba") load into `HybridLM` (export/hybrid_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import torch
 from safetensors.torch import load_file, save_model
 from tokenizers import Tokenizer
 
+from export.hybrid_checkpoint import REFUSED as REFUSED_SSM
+from export.hybrid_checkpoint import HybridCheckpointError, build_hybrid, check_supported, hf_mamba_config
+from export.models.hybrid import HybridConfig, HybridLM
 from export.models.llama import LlamaConfig, LlamaLM
 from export.tokenizer import special_ids
 
@@ -28,18 +32,18 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    model: LlamaLM
+    model: LlamaLM | HybridLM
     tokenizer: Tokenizer
     path: Path
     source: str  # "kiln" | "huggingface"
     add_bos: bool = True
 
     @property
-    def config(self) -> LlamaConfig:
+    def config(self) -> LlamaConfig | HybridConfig:
         return self.model.config
 
 
-def save_checkpoint(model: LlamaLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+def save_checkpoint(model: LlamaLM | HybridLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.config.to_json(out / "config.json")
@@ -52,7 +56,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise CheckpointError(f"{path}: no config.json (expected a Kiln or Hugging Face Llama checkpoint)")
+        raise CheckpointError(f"{path}: no config.json (expected a Kiln, Hugging Face Llama or Mamba checkpoint)")
     raw = json.loads(cfg_file.read_text())
     if not (path / "tokenizer.json").exists():
         raise CheckpointError(f"{path}: no tokenizer.json (the fast-tokenizer file is required)")
@@ -67,7 +71,26 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = {_strip(k): v for k, v in _load_hf_weights(path).items() if "rotary_emb" not in k}
         add_bos = _hf_add_bos(path)
         return Checkpoint(_build(cfg, state, path), tokenizer, path, "huggingface", add_bos=add_bos)
-    raise CheckpointError(f"{path}: unsupported model_type {model_type!r} (supported: kiln-llama, llama)")
+    if model_type == "kiln-hybrid":
+        state = load_file(str(path / "model.safetensors"))
+        return Checkpoint(_build_hybrid(raw, state, path), tokenizer, path, "kiln")
+    if model_type == "mamba" or model_type in REFUSED_SSM:
+        try:
+            check_supported(raw, path)
+            model = build_hybrid(hf_mamba_config(raw, special_ids(tokenizer)), _load_hf_weights(path), path)
+        except HybridCheckpointError as exc:
+            raise CheckpointError(str(exc)) from None
+        return Checkpoint(model, tokenizer, path, "huggingface", add_bos=_hf_add_bos(path))
+    raise CheckpointError(
+        f"{path}: unsupported model_type {model_type!r} (supported: kiln-llama, llama, kiln-hybrid, mamba)"
+    )
+
+
+def _build_hybrid(raw: dict, state: dict[str, torch.Tensor], path: Path) -> HybridLM:
+    try:
+        return build_hybrid(HybridConfig.from_dict(raw), state, path)
+    except ValueError as exc:  # HybridConfig's own checks and HybridCheckpointError
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def hf_config_to_kiln(raw: dict, tokenizer: Tokenizer | None = None) -> LlamaConfig:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from export.checkpoint import load_checkpoint
 from export.fused_graph import GRAPH_KIND, build_fused_lm_onnx
+from export.hybrid_pipeline import export_hybrid_checkpoint
+from export.models.hybrid import HybridLM
 from export.onnx_export import export_lm_onnx, input_names, output_names, toolchain_versions
 from export.triton_repo import lm_onnx_config, staged_entry, triton_lm_name, write_config, write_lm_python_entry
 from export.variants import optimize_offline, perplexity, quantize_int8, token_windows
@@ -46,12 +48,16 @@ def export_checkpoint(
     target="triton" also writes `repository/<name>-triton/`, the decoupled python-backend model
     that runs Kiln's engine inside Triton (docs/triton.md). tensorrt=True builds and verifies a
     TensorRT engine from the fp32 graph when TensorRT and a CUDA GPU are present, and records
-    why it was skipped otherwise.
+    why it was skipped otherwise. Mamba / hybrid checkpoints go to export/hybrid_pipeline.py
+    (fp32 prefill + decode graphs; `variants` does not apply).
     """
     if target not in ("inprocess", "triton"):
         raise ValueError(f"unknown export target {target!r} (inprocess or triton)")
     started = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
+    if isinstance(ckpt.model, HybridLM):  # state-space / hybrid: its own graph contract
+        texts = list(val_texts) if val_texts is not None else _default_val_texts()
+        return export_hybrid_checkpoint(ckpt, repository, name, texts, tolerance, ppl_tokens, target, tensorrt)
     model, cfg = ckpt.model, ckpt.config
     with staged_entry(repository, name) as staging:
         report: dict = {

@@ -87,6 +87,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def attention_biases(attention_mask: torch.Tensor, past_len: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive biases over the past and the new block, broadcast over [B, KVH, groups, S, keys]."""
+    neg = torch.finfo(torch.float32).min
+    mask = attention_mask.to(torch.bool)
+    bias_past = torch.where(mask[:, None, None, None, :past_len], 0.0, neg)
+    idx = torch.arange(seq, device=attention_mask.device)
+    causal = idx[None, :] <= idx[:, None]  # [S, S]
+    new_ok = causal[None, :, :] & mask[:, None, past_len:]  # [B, S, S]
+    bias_new = torch.where(new_ok[:, None, None, :, :], 0.0, neg)
+    return bias_past, bias_new
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
@@ -101,8 +113,8 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
         bias_past: torch.Tensor,
         bias_new: torch.Tensor,
         past_k: torch.Tensor,
@@ -113,8 +125,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if cos is not None:  # None: no rotary positions (a hybrid with learned or no positions)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         # Grouped-query attention without materialising repeated K/V: split the query heads
         # into [kv_heads, groups] and broadcast K/V over the group axis. No reshape touches
         # the past length, so an empty past (P = 0) exports and runs like any other.
@@ -186,17 +199,7 @@ class LlamaLM(nn.Module):
         past: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         cfg = self.config
-        seq = input_ids.shape[1]
-        past_len = past[0][0].shape[2]
-        neg = torch.finfo(torch.float32).min
-        mask = attention_mask.to(torch.bool)
-        # Additive biases broadcast over [B, KVH, groups, S, keys].
-        bias_past = torch.where(mask[:, None, None, None, :past_len], 0.0, neg)
-        idx = torch.arange(seq, device=input_ids.device)
-        causal = idx[None, :] <= idx[:, None]  # [S, S]
-        new_ok = causal[None, :, :] & mask[:, None, past_len:]  # [B, S, S]
-        bias_new = torch.where(new_ok[:, None, None, :, :], 0.0, neg)
-
+        bias_past, bias_new = attention_biases(attention_mask, past[0][0].shape[2], input_ids.shape[1])
         cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
         x = self.embed_tokens(input_ids)
         new_kv = []

@@ -1,0 +1,98 @@
+"""State-space checkpoints on disk: Kiln's "kiln-hybrid" and Hugging Face `MambaForCausalLM`.
+
+A Hugging Face Mamba directory (config.json with model_type "mamba", safetensors weights,
+`tokenizer.json`) loads into `HybridLM` with every layer "mamba", RMSNorm and no positions:
+the parameter names are the same (`backbone.layers.N.mixer.*`, `backbone.embeddings`,
+`backbone.norm_f`, `lm_head`), so the weights load as stored. Whatever the graph cannot
+represent is refused, naming the config key.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from export.models.hybrid import HybridConfig, HybridLM
+
+# model_type → why Kiln refuses it (checked before anything is loaded).
+REFUSED = {
+    "mamba2": (
+        "Mamba-2 (Mamba2ForCausalLM) is not supported yet: its mixer (multi-head SSM with scalar A per head, "
+        "grouped B/C, gated RMSNorm before out_proj) has a different state layout [heads, head_dim, N]"
+    ),
+    "falcon_mamba": "FalconMamba is not supported: its mixer RMS-normalises B, C and Δ (mixer_rms_eps)",
+}
+
+
+class HybridCheckpointError(ValueError):
+    """The Mamba/hybrid checkpoint cannot be represented; the message names the config key."""
+
+
+def hf_mamba_config(raw: dict, special: dict[str, int] | None = None) -> HybridConfig:
+    """Hugging Face MambaConfig (config.json) → HybridConfig, refusing what Kiln cannot run."""
+    if raw.get("hidden_act", "silu") != "silu":
+        raise HybridCheckpointError(f"hidden_act={raw['hidden_act']!r}: only 'silu' is supported for Mamba")
+    hidden = int(raw["hidden_size"])
+    rank = raw.get("time_step_rank", "auto")
+    rank = math.ceil(hidden / 16) if rank == "auto" else int(rank)
+    specials = special or {}
+
+    def tok_id(key: str, fallback: int) -> int:
+        value = raw.get(key)
+        if isinstance(value, list):
+            value = value[0]
+        if value is None:
+            value = specials.get(key)
+        return int(value) if value is not None else fallback
+
+    return HybridConfig(
+        vocab_size=int(raw["vocab_size"]),
+        hidden_size=hidden,
+        layers=",".join(["mamba"] * int(raw["num_hidden_layers"])),
+        norm="rmsnorm",
+        positions="none",
+        norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
+        state_size=int(raw.get("state_size", 16)),
+        conv_kernel=int(raw.get("conv_kernel", 4)),
+        expand=int(raw.get("expand", 2)),
+        time_step_rank=rank,
+        use_bias=bool(raw.get("use_bias", False)),
+        use_conv_bias=bool(raw.get("use_conv_bias", True)),
+        max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+        bos_token_id=tok_id("bos_token_id", 0),
+        eos_token_id=tok_id("eos_token_id", 0),
+        pad_token_id=tok_id("pad_token_id", 0),
+    )
+
+
+def check_supported(raw: dict, path: Path) -> None:
+    model_type = raw.get("model_type")
+    if model_type in REFUSED:
+        raise HybridCheckpointError(f"{path}: model_type {model_type!r}: {REFUSED[model_type]}")
+    expand = raw.get("expand", 2)
+    hidden = raw.get("hidden_size")
+    if "intermediate_size" in raw and hidden is not None and int(raw["intermediate_size"]) != int(expand) * int(hidden):
+        raise HybridCheckpointError(f"{path}: intermediate_size {raw['intermediate_size']} != expand * hidden_size")
+
+
+def build_hybrid(cfg: HybridConfig, state: dict[str, torch.Tensor], path: Path) -> HybridLM:
+    """HybridLM with the given weights; a missing or unexpected tensor is an error, not a default."""
+    state = {_hf_name(k): v.float() for k, v in state.items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    model = HybridLM(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise HybridCheckpointError(
+            f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return model.eval()
+
+
+def _hf_name(key: str) -> str:
+    # Older Mamba checkpoints call the embedding `backbone.embedding` (transformers renames it on load).
+    return key.replace("backbone.embedding.", "backbone.embeddings.")
