@@ -6,7 +6,7 @@ safetensors weights, single or sharded, and a `tokenizer.json`) loads into the s
 `LlamaLM`, because that module uses Llama's parameter names; only the `model.` prefix differs.
 Anything the graph contract cannot represent (RoPE scaling, biases, a head_dim that is not
 hidden/heads) is refused with a message, never silently approximated. State-space models
-(Kiln's "kiln-hybrid", Hugging Face "mamba") load into `HybridLM` (export/hybrid_checkpoint.py).
+(Kiln's "kiln-hybrid", Hugging Face "mamba" and "mamba2") load into `HybridLM` (export/hybrid_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_model
 from tokenizers import Tokenizer
 
 from export.hybrid_checkpoint import REFUSED as REFUSED_SSM
+from export.hybrid_checkpoint import SUPPORTED as SUPPORTED_SSM
 from export.hybrid_checkpoint import HybridCheckpointError, build_hybrid, check_supported, hf_mamba_config
 from export.models.hybrid import HybridConfig, HybridLM
 from export.models.llama import LlamaConfig, LlamaLM
@@ -74,7 +75,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if model_type == "kiln-hybrid":
         state = load_file(str(path / "model.safetensors"))
         return Checkpoint(_build_hybrid(raw, state, path), tokenizer, path, "kiln")
-    if model_type == "mamba" or model_type in REFUSED_SSM:
+    if model_type in SUPPORTED_SSM or model_type in REFUSED_SSM:
         try:
             check_supported(raw, path)
             model = build_hybrid(hf_mamba_config(raw, special_ids(tokenizer)), _load_hf_weights(path), path)
@@ -82,7 +83,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(str(exc)) from None
         return Checkpoint(model, tokenizer, path, "huggingface", add_bos=_hf_add_bos(path))
     raise CheckpointError(
-        f"{path}: unsupported model_type {model_type!r} (supported: kiln-llama, llama, kiln-hybrid, mamba)"
+        f"{path}: unsupported model_type {model_type!r} (supported: kiln-llama, llama, kiln-hybrid, mamba, mamba2)"
     )
 
 

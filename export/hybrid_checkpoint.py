@@ -1,7 +1,8 @@
 """State-space checkpoints on disk: Kiln's "kiln-hybrid" and Hugging Face `MambaForCausalLM`.
 
-A Hugging Face Mamba directory (config.json with model_type "mamba", safetensors weights,
-`tokenizer.json`) loads into `HybridLM` with every layer "mamba", RMSNorm and no positions:
+A Hugging Face Mamba directory (config.json with model_type "mamba" or "mamba2", safetensors
+weights, `tokenizer.json`) loads into `HybridLM` with every layer "mamba" (or "mamba2"), RMSNorm
+and no positions:
 the parameter names are the same (`backbone.layers.N.mixer.*`, `backbone.embeddings`,
 `backbone.norm_f`, `lm_head`), so the weights load as stored. Whatever the graph cannot
 represent is refused, naming the config key.
@@ -18,23 +19,21 @@ from export.models.hybrid import HybridConfig, HybridLM
 
 # model_type → why Kiln refuses it (checked before anything is loaded).
 REFUSED = {
-    "mamba2": (
-        "Mamba-2 (Mamba2ForCausalLM) is not supported yet: its mixer (multi-head SSM with scalar A per head, "
-        "grouped B/C, gated RMSNorm before out_proj) has a different state layout [heads, head_dim, N]"
-    ),
     "falcon_mamba": "FalconMamba is not supported: its mixer RMS-normalises B, C and Δ (mixer_rms_eps)",
 }
+SUPPORTED = ("mamba", "mamba2")
 
 
 class HybridCheckpointError(ValueError):
     """The Mamba/hybrid checkpoint cannot be represented; the message names the config key."""
 
 
-def hf_mamba_config(raw: dict, special: dict[str, int] | None = None) -> HybridConfig:
-    """Hugging Face MambaConfig (config.json) → HybridConfig, refusing what Kiln cannot run."""
+def hf_mamba_config(raw: dict, special: dict[str, int | None] | None = None) -> HybridConfig:
+    """Hugging Face MambaConfig / Mamba2Config (config.json) → HybridConfig, refusing what Kiln cannot run."""
     if raw.get("hidden_act", "silu") != "silu":
         raise HybridCheckpointError(f"hidden_act={raw['hidden_act']!r}: only 'silu' is supported for Mamba")
     hidden = int(raw["hidden_size"])
+    mamba2 = raw.get("model_type") == "mamba2"
     rank = raw.get("time_step_rank", "auto")
     rank = math.ceil(hidden / 16) if rank == "auto" else int(rank)
     specials = special or {}
@@ -47,10 +46,21 @@ def hf_mamba_config(raw: dict, special: dict[str, int] | None = None) -> HybridC
             value = specials.get(key)
         return int(value) if value is not None else fallback
 
+    extra: dict = {}
+    if mamba2:
+        limit = [_number(x) for x in raw.get("time_step_limit", (0.0, math.inf))]
+        if limit != [0.0, math.inf]:
+            raise HybridCheckpointError(
+                f"time_step_limit={limit}: Δ clamping is not supported (transformers' own decode step ignores it)"
+            )
+        heads, head_dim = int(raw.get("num_heads", 128)), int(raw.get("head_dim", 64))
+        if heads * head_dim != int(raw.get("expand", 2)) * hidden:
+            raise HybridCheckpointError(f"num_heads*head_dim ({heads}*{head_dim}) != expand*hidden_size")
+        extra = {"mamba2_heads": heads, "mamba2_groups": int(raw.get("n_groups", 8))}
     return HybridConfig(
         vocab_size=int(raw["vocab_size"]),
         hidden_size=hidden,
-        layers=",".join(["mamba"] * int(raw["num_hidden_layers"])),
+        layers=",".join(["mamba2" if mamba2 else "mamba"] * int(raw["num_hidden_layers"])),
         norm="rmsnorm",
         positions="none",
         norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
@@ -61,10 +71,11 @@ def hf_mamba_config(raw: dict, special: dict[str, int] | None = None) -> HybridC
         use_bias=bool(raw.get("use_bias", False)),
         use_conv_bias=bool(raw.get("use_conv_bias", True)),
         max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", not mamba2)),
         bos_token_id=tok_id("bos_token_id", 0),
         eos_token_id=tok_id("eos_token_id", 0),
         pad_token_id=tok_id("pad_token_id", 0),
+        **extra,
     )
 
 
@@ -91,6 +102,11 @@ def build_hybrid(cfg: HybridConfig, state: dict[str, torch.Tensor], path: Path) 
             f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     return model.eval()
+
+
+def _number(value: float | str | dict) -> float:
+    # transformers writes non-finite floats as {"__float__": "Infinity"} (JSON has no inf).
+    return float(value["__float__"]) if isinstance(value, dict) else float(value)
 
 
 def _hf_name(key: str) -> str:

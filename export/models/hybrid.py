@@ -1,15 +1,16 @@
 """A hybrid decoder LM: Mamba blocks beside Kiln's Llama attention, state held outside.
 
-The config names the layer pattern (`"mamba,mamba,attention,mamba"`), the norm (RMSNorm or
-LayerNorm) and the positions (rotary, learned or none). A Mamba layer is norm → mixer →
-residual (as in Hugging Face's `MambaBlock`); an attention layer is Llama's block (attention
+The config names the layer pattern (`"mamba,mamba,attention,mamba"`; "mamba2" for Mamba-2
+mixers), the norm (RMSNorm or LayerNorm) and the positions (rotary, learned or none). A Mamba
+layer is norm → mixer → residual (as in Hugging Face's `MambaBlock`); an attention layer is Llama's block (attention
 and gated MLP, each pre-normed). With every layer "mamba", RMSNorm and no positions this is
 exactly `MambaForCausalLM`, and the parameter names (`backbone.embeddings`,
 `backbone.layers.N.mixer.*`, `backbone.norm_f`, `lm_head`) are Hugging Face's, so its
-checkpoints load without renaming.
+checkpoints load without renaming (likewise "mamba2" layers and `Mamba2ForCausalLM`).
 
 Every layer takes a pair of state tensors and returns a pair:
-a Mamba layer (conv [B, d_inner, k-1], ssm [B, d_inner, N]) → the advanced pair, an attention
+a Mamba layer (conv [B, d_inner, k-1], ssm [B, d_inner, N]; Mamba-2: conv [B, d_inner+2GN, k-1],
+ssm [B, H, head_dim, N]) → the advanced pair, an attention
 layer (past K, past V [B, KVH, P, D]) → the new tokens' K and V [B, KVH, S, D] (the
 engine writes those into its cache, as with Llama). `state_spec()` describes the per-slot
 state so a runner can allocate it without knowing the architecture.
@@ -26,8 +27,9 @@ from torch import nn
 
 from export.models.llama import MLP, Attention, LlamaConfig, RMSNorm, attention_biases, rope_cos_sin
 from export.models.mamba import MambaDims, MambaMixer
+from export.models.mamba2 import Mamba2Dims, Mamba2Mixer
 
-LAYER_KINDS = ("mamba", "attention")
+LAYER_KINDS = ("mamba", "mamba2", "attention")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rotary", "learned", "none")
 
@@ -49,6 +51,9 @@ class HybridConfig:
     time_step_rank: int = 0  # 0: ceil(hidden / 16)
     use_bias: bool = False
     use_conv_bias: bool = True
+    # Mamba-2 layers (d_inner = expand * hidden split into heads; B/C shared by groups of heads)
+    mamba2_heads: int = 8
+    mamba2_groups: int = 1
     # attention layers
     num_heads: int = 4
     num_kv_heads: int = 2
@@ -67,6 +72,8 @@ class HybridConfig:
         bad = [kind for kind in self.layer_kinds if kind not in LAYER_KINDS]
         if bad or not self.layer_kinds:
             raise ValueError(f"hybrid config: layers={self.layers!r} must list {' / '.join(LAYER_KINDS)} layers")
+        if "mamba2" in self.layer_kinds:
+            self.mamba2_dims()  # raises if the heads do not divide d_inner
         if "attention" in self.layer_kinds and self.hidden_size % self.num_heads:
             raise ValueError(f"hybrid config: hidden_size {self.hidden_size} is not a multiple of num_heads")
 
@@ -93,6 +100,19 @@ class HybridConfig:
             self.use_conv_bias,
         )
 
+    def mamba2_dims(self) -> Mamba2Dims:
+        return Mamba2Dims(
+            self.hidden_size,
+            self.state_size,
+            self.conv_kernel,
+            self.expand,
+            self.mamba2_heads,
+            self.mamba2_groups,
+            self.use_bias,
+            self.use_conv_bias,
+            self.norm_eps,
+        )
+
     def attention_config(self) -> LlamaConfig:
         return LlamaConfig(
             vocab_size=self.vocab_size,
@@ -117,10 +137,10 @@ def make_norm(cfg: HybridConfig) -> nn.Module:
 
 
 class MambaLayer(nn.Module):
-    def __init__(self, cfg: HybridConfig) -> None:
+    def __init__(self, cfg: HybridConfig, kind: str = "mamba") -> None:
         super().__init__()
         self.norm = make_norm(cfg)
-        self.mixer = MambaMixer(cfg.mamba_dims())
+        self.mixer = MambaMixer(cfg.mamba_dims()) if kind == "mamba" else Mamba2Mixer(cfg.mamba2_dims())
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         out, conv, ssm = self.mixer(self.norm(x), valid, *state)
@@ -148,7 +168,9 @@ class Backbone(nn.Module):
         self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         if cfg.positions == "learned":
             self.embed_positions = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.layers = nn.ModuleList(MambaLayer(cfg) if k == "mamba" else AttentionLayer(cfg) for k in cfg.layer_kinds)
+        self.layers = nn.ModuleList(
+            AttentionLayer(cfg) if kind == "attention" else MambaLayer(cfg, kind) for kind in cfg.layer_kinds
+        )
         self.norm_f = make_norm(cfg)
 
 
