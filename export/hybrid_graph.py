@@ -38,6 +38,7 @@ buffer per tensor shaped [max_batch, *shape] from the manifest's `state` entry (
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import onnx
@@ -99,7 +100,9 @@ def export_hybrid_onnx(model: HybridLM, out_file: Path, decode: bool = False) ->
             axes[o_name] = {0: "batch", **({} if decode else {2: "seq"})}
         else:
             axes[i_name] = axes[o_name] = {0: "batch"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The decode graph is traced through the single-step branch on purpose (S = 1).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             HybridOnnxWrapper(model.eval()),
             (ids, pos, mask, *flat),
@@ -110,23 +113,40 @@ def export_hybrid_onnx(model: HybridLM, out_file: Path, decode: bool = False) ->
             opset_version=OPSET,
             dynamo=False,
         )
-    _keep_all_inputs(out_file, model, batch, seq)
+    _fix_signature(out_file, model, decode)
     onnx.checker.check_model(str(out_file))
     return out_file
 
 
-def _keep_all_inputs(out_file: Path, model: HybridLM, batch: int, seq: int) -> None:
-    """The exporter drops inputs the network never reads (position_ids without positions); put
-    them back so every hybrid graph has the same input list and a runner needs no special case."""
+def _fix_signature(out_file: Path, model: HybridLM, decode: bool) -> None:
+    """Make the file's signature say exactly what the contract says.
+
+    The exporter drops inputs the network never reads (position_ids without positions) and
+    leaves some output dims as generated names; put back the input and write the documented
+    shapes, so a runner can allocate from the graph as well as from the manifest.
+    """
+    cfg = model.config
     graph = onnx.load(str(out_file))
-    present = {i.name for i in graph.graph.input}
-    missing = [name for name in input_names(model) if name not in present]
-    if not missing:
-        return
-    for name in missing:
-        if name != "position_ids":
-            raise RuntimeError(f"{out_file.name}: the exporter dropped input {name!r}")
-        dims = ["batch", "seq" if seq != 1 else 1]
-        value = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, dims)
-        graph.graph.input.insert(1, value)
+    seq: int | str = 1 if decode else "seq"
+    if "position_ids" not in {i.name for i in graph.graph.input}:
+        graph.graph.input.insert(
+            1, onnx.helper.make_tensor_value_info("position_ids", onnx.TensorProto.INT64, ["batch", seq])
+        )
+    missing = [name for name in input_names(model) if name not in {i.name for i in graph.graph.input}]
+    if missing:
+        raise RuntimeError(f"{out_file.name}: the exporter dropped inputs {missing}")
+    shapes: dict[str, list] = {"logits": ["batch", seq, cfg.vocab_size]}
+    for entry in model.state_spec():
+        for name, shape in entry["tensors"].items():
+            if entry["kind"] == "recurrent":
+                shapes[f"present_{name}"] = ["batch", *shape]
+            else:
+                shapes[f"new_{name}"] = ["batch", shape[0], seq, shape[2]]
+    for value in graph.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        for dim, want in zip(dims, shapes[value.name], strict=True):
+            if isinstance(want, int):
+                dim.dim_value = want
+            else:
+                dim.dim_param = want
     onnx.save(graph, str(out_file))
