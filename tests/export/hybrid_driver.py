@@ -25,6 +25,7 @@ class Request:
     prompt: list[int]
     max_new: int
     generated: list[int] = field(default_factory=list)
+    logits: list[np.ndarray] = field(default_factory=list)  # the logits each token was chosen from
     fed: int = 0  # prompt tokens already through the graph
 
     @property
@@ -129,7 +130,8 @@ class HybridDriver:
                 req.fed += len(toks)
                 if req.prefilling:
                     continue  # more prompt to go: no token from this chunk
-            req.generated.append(int(outs["logits"][row, len(toks) - 1].argmax()))
+            req.logits.append(outs["logits"][row, len(toks) - 1].copy())
+            req.generated.append(int(req.logits[-1].argmax()))
 
     def run(self, waiting: list[Request], idle_every: int = 0) -> list[Request]:
         """Serve every request to completion, admitting as slots free up."""

@@ -14,15 +14,16 @@ from tests.export.hybrid_driver import HybridDriver, Request
 PROMPTS = [(7, 6), (12, 4), (3, 8), (9, 5), (5, 3), (14, 2)]  # (prompt length, new tokens)
 
 
-def _greedy(model, prompt: list[int], n: int) -> list[int]:  # type: ignore[no-untyped-def]
+def _greedy(model, prompt: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:  # type: ignore[no-untyped-def]
+    """PyTorch's full forward over the whole sequence for every token (no state, no cache)."""
     ids = torch.tensor([prompt])
-    out: list[int] = []
+    tokens, logits = [], []
     with torch.no_grad():
         for _ in range(n):
-            nxt = int(model.logits_full(ids)[0, -1].argmax())
-            out.append(nxt)
-            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-    return out
+            logits.append(model.logits_full(ids)[0, -1].numpy())
+            tokens.append(int(logits[-1].argmax()))
+            ids = torch.cat([ids, torch.tensor([[tokens[-1]]])], dim=1)
+    return tokens, logits
 
 
 @pytest.fixture(params=["hybrid", "mamba"])
@@ -40,7 +41,10 @@ def test_continuous_batching_with_compaction_equals_pytorch_greedy(served) -> No
     done = driver.run(requests, idle_every=5)
     assert len(done) == len(requests)
     for req in requests:
-        assert req.generated == _greedy(model, req.prompt, req.max_new), req.prompt
+        tokens, logits = _greedy(model, req.prompt, req.max_new)
+        assert req.generated == tokens, req.prompt
+        # Logits too: greedy tokens alone would hide a slightly wrong state.
+        assert max(float(np.abs(a - b).max()) for a, b in zip(req.logits, logits, strict=True)) < 1e-4
     # The scenario exercised what it is meant to: chunked prefill beside decoding rows,
     # S = 1 calls through the decode graph, idle rows, and holes filled by the last row.
     s = driver.stats
