@@ -84,13 +84,26 @@ def causal_conv(
     return F.silu(out), new_state
 
 
-def run_scan(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recurrence over axis 1 of [B, S, ...] tensors; one step needs no loop (decode graph)."""
+def run_scan(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence over axis 1 of [B, S, ...] tensors.
+
+    One step needs no loop (the decode graph). Exporting S > 1 goes through the scripted loop
+    (an ONNX `Loop`); eager PyTorch runs a Python loop over `unbind`, whose backward is one
+    stack — indexing `a[t]` in a loop would make autograd write a full-size gradient per step.
+    """
     if a.shape[1] == 1:
         h = a[:, 0] * h + b[:, 0]
         return (h * c[:, 0]).sum(-1).unsqueeze(1), h
-    ys, h = selective_scan(a.transpose(0, 1), b.transpose(0, 1), c.transpose(0, 1), h)
-    return ys.transpose(0, 1), h
+    if torch.onnx.is_in_onnx_export():
+        ys, h = selective_scan(a.transpose(0, 1), b.transpose(0, 1), c.transpose(0, 1), h)
+        return ys.transpose(0, 1), h
+    out: list[torch.Tensor] = []
+    for a_t, b_t, c_t in zip(a.unbind(1), b.unbind(1), c.unbind(1), strict=True):
+        h = a_t * h + b_t
+        out.append((h * c_t).sum(-1))
+    return torch.stack(out, 1), h
 
 
 class MambaMixer(nn.Module):

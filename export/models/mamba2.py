@@ -57,6 +57,41 @@ class Mamba2Dims:
         return self.d_inner + 2 * self.n_groups * self.state_size
 
 
+def segment_sum(x: torch.Tensor) -> torch.Tensor:
+    """[..., S] → [..., S, S] with [l, s] = Σ_{s<r≤l} x_r below the diagonal and -inf above.
+
+    Sums of the masked, repeated input rather than differences of a cumulative sum, so no
+    cancellation: exp() of it is each position's exact decay from s to l.
+    """
+    seq = x.shape[-1]
+    rep = x[..., None].expand(*x.shape, seq)  # [..., l, s] = x_l
+    ones = torch.ones(seq, seq, dtype=torch.bool, device=x.device)
+    rep = rep.masked_fill(~torch.tril(ones, diagonal=-1), 0.0)  # keep s < l
+    sums = torch.cumsum(rep, dim=-2)
+    return sums.masked_fill(~torch.tril(ones), float("-inf"))
+
+
+def ssd_scan(
+    x: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All S steps of the Mamba-2 recurrence at once (the SSD "attention" form, one chunk).
+
+    x [B, S, H, P], dt [B, S, H] (0 on padding), a = A [H], b/c [B, S, H, N], h [B, H, P, N].
+    With a scalar decay per head the S x S decay matrix is only [B, H, S, S], so this is a few
+    matmuls instead of S sequential steps. Returns y [B, S, H, P] and the state after step S.
+    """
+    da = (dt * a).transpose(1, 2)  # [B, H, S], ≤ 0
+    decay = torch.exp(segment_sum(da))  # [B, H, l, s]: Π a over (s, l]
+    xdt = x * dt[..., None]
+    scores = torch.einsum("blhn,bshn->bhls", c, b) * decay
+    y = torch.einsum("bhls,bshp->blhp", scores, xdt)
+    from_start = torch.exp(torch.cumsum(da, dim=-1)).transpose(1, 2)  # [B, S, H]: decay of h over [1, l]
+    y = y + torch.einsum("blhn,bhpn->blhp", c, h) * from_start[..., None]
+    to_end = decay[:, :, -1, :]  # [B, H, S]: decay from s to the last step
+    h = h * torch.exp(da.sum(-1))[..., None, None] + torch.einsum("bhs,bshn,bshp->bhpn", to_end, b, xdt)
+    return y, h
+
+
 class GatedRMSNorm(nn.Module):
     """RMSNorm of y·SiLU(z) over groups of d_inner / n_groups channels (`MambaRMSNormGated`)."""
 
@@ -73,6 +108,10 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2Mixer(nn.Module):
+    # S > 1: the parallel SSD form (matmuls over [B, H, S, S]); False: the sequential scan
+    # (an ONNX Loop), kept for comparison (loadtests/bench_hybrid_prefill.py).
+    parallel: bool = True
+
     def __init__(self, dims: Mamba2Dims) -> None:
         super().__init__()
         self.dims = dims
@@ -123,7 +162,10 @@ class Mamba2Mixer(nn.Module):
         # Head j reads group j // (H / G), as Hugging Face's repeat_interleave does.
         b = b.reshape(bsz, seq, g, 1, n).expand(bsz, seq, g, h // g, n).reshape(bsz, seq, h, n)
         c = c.reshape(bsz, seq, g, 1, n).expand(bsz, seq, g, h // g, n).reshape(bsz, seq, h, n)
-        bx = (dt[..., None] * x)[..., None] * b[:, :, :, None, :]  # [B, S, H, P, N]
-        y, ssm_state = run_scan(a, bx, c[:, :, :, None, :], ssm_state)  # y [B, S, H, P]
+        if seq > 1 and self.parallel:
+            y, ssm_state = ssd_scan(x, dt, -torch.exp(self.A_log), b, c, ssm_state)
+        else:
+            bx = (dt[..., None] * x)[..., None] * b[:, :, :, None, :]  # [B, S, H, P, N]
+            y, ssm_state = run_scan(a, bx, c[:, :, :, None, :], ssm_state)  # y [B, S, H, P]
         y = (y + x * self.D[:, None]).reshape(bsz, seq, dims.d_inner)
         return self.out_proj(self.norm(y, z)), conv_state, ssm_state
