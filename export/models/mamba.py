@@ -84,9 +84,7 @@ def causal_conv(
     return F.silu(out), new_state
 
 
-def run_scan(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, h: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def run_scan(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The recurrence over axis 1 of [B, S, ...] tensors.
 
     One step needs no loop (the decode graph). Exporting S > 1 goes through the scripted loop
