@@ -1,16 +1,20 @@
 """`HybridLM` → ONNX: the "hybrid" graph contract (manifest `graphs: {<variant>: "hybrid"}`).
 
 Two graphs share the contract: `model.onnx` takes any number of new tokens S (prefill, chunked
-prefill, mixed prefill + decode batches) and runs each Mamba layer's recurrence as one ONNX
-`Loop` over the tokens; `model.decode.onnx` is the same network traced for S = 1, with the
-recurrence as a single step and no loop (the decode hot path).
+prefill, mixed prefill + decode batches): Mamba-1 layers run their recurrence as one ONNX
+`Loop` over the tokens, Mamba-2 layers in the parallel SSD form (no loop, O(S²) per head).
+`model.decode.onnx` is the same network traced for S = 1, with the recurrence as a single
+step and no loop (the decode hot path); it accepts only S = 1.
 
 Layers are numbered 0..L-1 in pattern order; layer i contributes either recurrent state
-(Mamba) or attention KV, never both. All state tensors are float32.
+(Mamba, Mamba-2) or attention KV, never both. All state tensors are float32. Shapes per layer
+come from the manifest's `state` entry (Mamba-2: conv [B, d_inner + 2·G·N, k-1], ssm
+[B, H, head_dim, N]); the table shows Mamba-1.
 
     inputs   input_ids        int64  [B, S]            S = 1 in the decode graph
-             position_ids     int64  [B, S]            absolute positions (rotary or learned); always
-                                                       an input, ignored when positions = "none"
+             position_ids     int64  [B, S]            absolute positions (rotary, or learned: then
+                                                       < max_position_embeddings); always an input,
+                                                       ignored when positions = "none"
              attention_mask   int64  [B, P + S]        P = the KV length fed to the attention layers
                                                        (0 for a model without attention layers).
                                                        Past part: 1 = valid cache column. New part
@@ -27,8 +31,9 @@ Layers are numbered 0..L-1 in pattern order; layer i contributes either recurren
              new_value.{i}    f32    [B, KVH, S, D]     the runner writes the real ones into its cache
 
 Semantics. A row with L real tokens (L = sum of its last S mask columns) advances its recurrent
-state by exactly those L tokens: padded positions leave it unchanged bit for bit, so a row
-with L = 0 (idle in this call) gets its state back as given. Logits and new K/V at padded
+state by exactly those L tokens (padded positions do not move it), so the result equals the
+row run alone over its real tokens, and a row with L = 0 (idle in this call) gets its state
+back bit for bit. Logits and new K/V at padded
 positions are meaningless. Chunked prefill is a sequence of calls, each starting from the
 state the previous one returned. Attention follows the standard contract: causal within the
 new block, the mask across the past. The state is per row and fixed-size: a runner keeps one
