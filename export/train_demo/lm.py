@@ -153,14 +153,15 @@ def train_demo_lm(
     model.eval()
     save_checkpoint(model, tokenizer, out)
     final_val = val_loss()
+    done = step if stopped_early else step + 1  # a cap hit at `step` means that step never ran
     summary = {
         "arch": arch,
         "seed": seed,
-        "steps": step + 1,
+        "steps": done,
         "planned_steps": steps,
         "stopped_early": stopped_early,
         "parameters": params,
-        "tokens_seen": (step + 1) * batch_size * seq_len,
+        "tokens_seen": done * batch_size * seq_len,
         "final_val_loss": final_val,
         "final_val_perplexity": math.exp(final_val),
         "train_seconds": round(time.perf_counter() - started, 1),
