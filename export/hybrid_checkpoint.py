@@ -11,10 +11,15 @@ represent is refused, naming the config key.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
+from export.models.config import CheckpointError
+from export.models.families.common import special_tokens
 from export.models.hybrid import HybridConfig, HybridLM
 
 # model_type → why Kiln refuses it (checked before anything is loaded).
@@ -22,30 +27,44 @@ REFUSED = {
     "falcon_mamba": "FalconMamba is not supported: its mixer RMS-normalises B, C and Δ (mixer_rms_eps)",
 }
 SUPPORTED = ("mamba", "mamba2")
+HYBRID_TYPES = ("kiln-hybrid", *SUPPORTED, *REFUSED)  # model_types export/checkpoint.py sends here
 
 
-class HybridCheckpointError(ValueError):
+class HybridCheckpointError(CheckpointError):
     """The Mamba/hybrid checkpoint cannot be represented; the message names the config key."""
 
 
-def hf_mamba_config(raw: dict, special: dict[str, int | None] | None = None) -> HybridConfig:
-    """Hugging Face MambaConfig / Mamba2Config (config.json) → HybridConfig, refusing what Kiln cannot run."""
+def load_hybrid(
+    path: Path,
+    raw: dict,
+    tokenizer: Tokenizer,
+    load_weights: Callable[[Path], dict[str, torch.Tensor]],
+    generation: dict,
+) -> HybridLM:
+    """The model of a "kiln-hybrid", "mamba" or "mamba2" directory; CheckpointError naming the key."""
+    try:
+        if raw["model_type"] == "kiln-hybrid":
+            return build_hybrid(HybridConfig.from_dict(raw), load_file(str(path / "model.safetensors")), path)
+        check_supported(raw, path)
+        return build_hybrid(hf_mamba_config(raw, special_tokens(raw, generation, tokenizer)), load_weights(path), path)
+    except HybridCheckpointError:
+        raise
+    except ValueError as exc:  # HybridConfig's own checks
+        raise HybridCheckpointError(f"{path}: {exc}") from None
+
+
+def hf_mamba_config(raw: dict, special: dict | None = None) -> HybridConfig:
+    """Hugging Face MambaConfig / Mamba2Config (config.json) → HybridConfig, refusing what Kiln cannot run.
+
+    `special`: bos/eos/pad ids as `export.models.families.common.special_tokens` resolves them.
+    """
     if raw.get("hidden_act", "silu") != "silu":
         raise HybridCheckpointError(f"hidden_act={raw['hidden_act']!r}: only 'silu' is supported for Mamba")
     hidden = int(raw["hidden_size"])
     mamba2 = raw.get("model_type") == "mamba2"
     rank = raw.get("time_step_rank", "auto")
     rank = math.ceil(hidden / 16) if rank == "auto" else int(rank)
-    specials = special or {}
-
-    def tok_id(key: str, fallback: int) -> int:
-        value = raw.get(key)
-        if isinstance(value, list):
-            value = value[0]
-        if value is None:
-            value = specials.get(key)
-        return int(value) if value is not None else fallback
-
+    tokens = special or special_tokens(raw, {}, None)
     extra: dict = {}
     if mamba2:
         limit = [_number(x) for x in raw.get("time_step_limit", (0.0, math.inf))]
@@ -72,9 +91,10 @@ def hf_mamba_config(raw: dict, special: dict[str, int | None] | None = None) -> 
         use_conv_bias=bool(raw.get("use_conv_bias", True)),
         max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", not mamba2)),
-        bos_token_id=tok_id("bos_token_id", 0),
-        eos_token_id=tok_id("eos_token_id", 0),
-        pad_token_id=tok_id("pad_token_id", 0),
+        bos_token_id=int(tokens["bos_token_id"]),
+        eos_token_id=int(tokens["eos_token_id"]),
+        eos_token_ids=[int(t) for t in tokens["eos_token_ids"]],
+        pad_token_id=int(tokens["pad_token_id"]),
         **extra,
     )
 

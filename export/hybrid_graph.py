@@ -49,10 +49,11 @@ from pathlib import Path
 import onnx
 import torch
 
+from contracts.manifest import HYBRID
 from export.models.hybrid import HybridLM, HybridOnnxWrapper
 from export.onnx_export import OPSET
 
-GRAPH_KIND = "hybrid"
+GRAPH_KIND = HYBRID  # the manifest's `graphs` value for these files
 _OUT = {"recurrent": "present", "attention_kv": "new"}
 
 

@@ -9,7 +9,10 @@ layer so a runner can allocate state without knowing the architecture:
     "state": [{"kind": "recurrent", "tensors": {"conv.0": [d_inner, k-1], "ssm.0": [d_inner, N]}},
               {"kind": "attention_kv", "tensors": {"key.1": [kv_heads, "positions", head_dim],
                                                    "value.1": [kv_heads, "positions", head_dim]}}, ...]
-    "graphs": {"fp32": "hybrid"}, "decode_files": {"fp32": "1/model.decode.onnx"}
+    "graphs": {"fp32": "hybrid"}, "decode_files": {"fp32": "1/model.decode.onnx"},
+    "architecture": {"layers": [...], "state_bytes": {...}, "inputs": [...], "outputs": [...]}
+
+written through `contracts.manifest.TextManifest` (manifest v2) like every text entry.
 
 No INT8/optimized variants, fused graph, Triton entry or TensorRT engine are built for these
 models yet; asking for Triton or TensorRT is refused rather than skipped silently.
@@ -26,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from contracts.manifest import HYBRID, LayerState, TextManifest
+from export.chat import special_tokens
 from export.checkpoint import Checkpoint
-from export.hybrid_graph import GRAPH_KIND, export_hybrid_onnx, input_names, output_names
+from export.hybrid_graph import export_hybrid_onnx, input_names, output_names
 from export.models.hybrid import HybridLM
 from export.onnx_export import toolchain_versions
 from export.triton_repo import staged_entry
@@ -86,8 +91,9 @@ def export_hybrid_checkpoint(
     if tensorrt:
         raise ValueError("--tensorrt: no TensorRT engine is built for state-space/hybrid models yet")
     started = time.perf_counter()
-    model, cfg = ckpt.model, ckpt.model.config
+    model = ckpt.model
     assert isinstance(model, HybridLM)
+    cfg = model.config
     with staged_entry(repository, name) as staging:
         report: dict = {
             "name": name,
@@ -122,8 +128,8 @@ def export_hybrid_checkpoint(
         report["size_bytes"] = {"fp32": prefill.stat().st_size, "fp32_decode": decode.stat().st_size}
 
         ckpt.tokenizer.save(str(staging / "tokenizer.json"))
-        manifest = hybrid_manifest(model, name, ckpt.add_bos)
-        (staging / "kiln.json").write_text(json.dumps(manifest, indent=2))
+        manifest = hybrid_manifest(model, name, ckpt.add_bos, special_tokens(ckpt.path, ckpt.source))
+        manifest.write(staging)
         report["timings_s"]["total"] = time.perf_counter() - started
         report["summary"] = {
             "model": name,
@@ -131,38 +137,40 @@ def export_hybrid_checkpoint(
             "parameters": report["parameters"],
             "max_abs": {k: v.get("max_abs") for k, v in report["verification"].items()},
             "perplexity": report["perplexity"],
-            "state_bytes": manifest["state_bytes"],
+            "state_bytes": manifest.architecture["state_bytes"],
             "size_mb": {k: round(v / 2**20, 2) for k, v in report["size_bytes"].items()},
         }
         (staging / "export_report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
 
-def hybrid_manifest(model: HybridLM, name: str, add_bos: bool) -> dict:
+def hybrid_manifest(model: HybridLM, name: str, add_bos: bool, special: dict[str, str] | None = None) -> TextManifest:
     from export.pipeline import GENERATION_DEFAULTS
 
     cfg = model.config
-    return {
-        "kind": "text-generation",
-        "name": name,
-        "architecture": "hybrid",
-        "files": dict(FILES),
-        "graphs": {variant: GRAPH_KIND for variant in FILES},
-        "decode_files": dict(DECODE_FILES),
-        "tokenizer": "tokenizer.json",
-        "layers": cfg.layer_kinds,
-        "positions": cfg.positions,
-        "state": model.state_spec(),
-        "state_bytes": state_bytes(model),
-        "num_layers": cfg.num_layers,
-        "hidden_size": cfg.hidden_size,
-        "vocab_size": cfg.vocab_size,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "pad_token_id": cfg.pad_token_id,
-        "add_bos": add_bos,
-        "generation_defaults": GENERATION_DEFAULTS,
-        "inputs": input_names(model),
-        "outputs": output_names(model),
-    }
+    return TextManifest(
+        name=name,
+        files=dict(FILES),
+        graphs={variant: HYBRID for variant in FILES},
+        decode_files=dict(DECODE_FILES),
+        state=tuple(LayerState.from_dict(entry, name) for entry in model.state_spec()),
+        vocab_size=cfg.vocab_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_ids=tuple(cfg.eos_token_ids),
+        pad_token_id=cfg.pad_token_id,
+        add_bos=add_bos,
+        generation_defaults=GENERATION_DEFAULTS,
+        special_tokens=dict(special or {}),
+        architecture={
+            "family": "hybrid",
+            "layers": cfg.layer_kinds,
+            "positions": cfg.positions,
+            "norm": cfg.norm,
+            "num_layers": cfg.num_layers,
+            "hidden_size": cfg.hidden_size,
+            "state_bytes": state_bytes(model),
+            "inputs": input_names(model),
+            "outputs": output_names(model),
+        },
+    )

@@ -16,14 +16,14 @@ class Metrics(EngineObserver):
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "kiln_requests_total",
-            "Requests by route, status and protocol.",
-            ["route", "status", "protocol"],
+            "Requests by route, status, protocol and task (text-generation, image-classification, control).",
+            ["route", "status", "protocol", "task"],
             registry=r,
         )
         self.latency = Histogram(
             "kiln_request_duration_seconds",
             "End-to-end request latency.",
-            ["route"],
+            ["route", "task"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -89,6 +89,12 @@ class Metrics(EngineObserver):
             registry=r,
         )
         self.model_ready = Gauge("kiln_model_ready", "1 when the model is loaded and warm.", ["model"], registry=r)
+        self.prefix_queries = Counter(
+            "kiln_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", ["model"], registry=r
+        )
+        self.prefix_hits = Counter(
+            "kiln_prefix_cache_hits_total", "Prompt tokens served from the prefix cache.", ["model"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -118,3 +124,7 @@ class Metrics(EngineObserver):
 
     def rejected(self, model: str, reason: str) -> None:
         self.rejections.labels(model, reason).inc()
+
+    def prefix_cache(self, model: str, queried: int, hit: int) -> None:
+        self.prefix_queries.labels(model).inc(queried)
+        self.prefix_hits.labels(model).inc(hit)

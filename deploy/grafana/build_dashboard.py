@@ -15,7 +15,7 @@ OUT = Path(__file__).with_name("kiln-dashboard.json")
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 GW = 'namespace="$namespace", job="kiln-gateway"'
 TR = 'namespace="$namespace", job="kiln-triton"'
-API_ROUTES = 'route=~"/generate|/v1/completions"'
+API_ROUTES = 'task="text-generation"'  # every generation route, REST, OpenAI and gRPC
 RATE = "[$__rate_interval]"
 
 
@@ -88,7 +88,7 @@ ROWS = [
                 12,
                 [
                     q(
-                        srate("kiln_requests_total", f'{GW}, route!~"/healthz|/readyz|/metrics"', by="route, status"),
+                        srate("kiln_requests_total", f'{GW}, task!="control"', by="route, status"),
                         "{{route}} {{status}}",
                     )
                 ],
@@ -164,6 +164,20 @@ ROWS = [
                 "The KEDA gateway trigger scales on this per pod.",
             ),
             ("Queue time", "timeseries", "s", 8, quantiles("kiln_queue_time_seconds", "model", GW, (0.5, 0.99)), ""),
+            (
+                "Prefix cache hit rate",
+                "timeseries",
+                "percentunit",
+                8,
+                [
+                    q(
+                        f"sum by (model) (rate(kiln_prefix_cache_hits_total{{{GW}}}{RATE}))"
+                        f" / sum by (model) (rate(kiln_prefix_cache_queries_total{{{GW}}}{RATE}))",
+                        "{{model}}",
+                    )
+                ],
+                "Share of prompt tokens served from finished sequences' slots instead of being prefilled.",
+            ),
             (
                 "Batch size",
                 "timeseries",

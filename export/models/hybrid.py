@@ -19,15 +19,17 @@ state so a runner can allocate it without knowing the architecture.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from export.models.llama import MLP, Attention, LlamaConfig, RMSNorm, attention_biases, rope_cos_sin
+from export.models.config import DecoderConfig
+from export.models.decoder import MLP, Attention, RMSNorm
 from export.models.mamba import MambaDims, MambaMixer
 from export.models.mamba2 import Mamba2Dims, Mamba2Mixer
+from export.models.rope import inv_freq
 
 LAYER_KINDS = ("mamba", "mamba2", "attention")
 NORMS = ("rmsnorm", "layernorm")
@@ -64,8 +66,11 @@ class HybridConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int = 0
+    eos_token_ids: list[int] = field(default_factory=list)  # every id that ends generation
 
     def __post_init__(self) -> None:
+        if not self.eos_token_ids:
+            self.eos_token_ids = [self.eos_token_id]
         for key, value, allowed in (("norm", self.norm, NORMS), ("positions", self.positions, POSITIONS)):
             if value not in allowed:
                 raise ValueError(f"hybrid config: {key}={value!r} is not supported (one of {', '.join(allowed)})")
@@ -113,13 +118,17 @@ class HybridConfig:
             self.norm_eps,
         )
 
-    def attention_config(self) -> LlamaConfig:
-        return LlamaConfig(
+    def attention_config(self) -> DecoderConfig:
+        """The attention layers' settings as the shared decoder blocks read them (Llama's defaults)."""
+        return DecoderConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
             num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads,
             intermediate_size=self.intermediate_size,
+            max_position_embeddings=self.max_position_embeddings,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=self.norm_eps,
         )
 
     def to_json(self, path: str | Path) -> None:
@@ -152,12 +161,12 @@ class AttentionLayer(nn.Module):
         super().__init__()
         attn_cfg = cfg.attention_config()
         self.input_layernorm = make_norm(cfg)
-        self.self_attn = Attention(attn_cfg)
+        self.self_attn = Attention(attn_cfg, 0)  # layer index only picks a sliding window: none here
         self.post_attention_layernorm = make_norm(cfg)
         self.mlp = MLP(attn_cfg)
 
-    def forward(self, x, cos, sin, bias_past, bias_new, state: State) -> tuple[torch.Tensor, State]:  # type: ignore[no-untyped-def]
-        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, bias_past, bias_new, *state)
+    def forward(self, x, cos, sin, biases, state: State) -> tuple[torch.Tensor, State]:  # type: ignore[no-untyped-def]
+        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, biases, *state)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), (k, v)
 
@@ -174,11 +183,25 @@ class Backbone(nn.Module):
         self.norm_f = make_norm(cfg)
 
 
+def attention_biases(attention_mask: torch.Tensor, past_len: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive biases over the past and the new block, broadcast over [B, KVH, groups, S, keys]
+    (the decoder's full-attention biases: causal in the new block, the mask across the past)."""
+    neg = torch.finfo(torch.float32).min
+    mask = attention_mask.to(torch.bool)
+    bias_past = torch.where(mask[:, None, None, None, :past_len], 0.0, neg)
+    idx = torch.arange(seq, device=attention_mask.device)
+    new_ok = (idx[None, :] <= idx[:, None])[None, :, :] & mask[:, None, past_len:]  # [B, S, S]
+    return bias_past, torch.where(new_ok[:, None, None, :, :], 0.0, neg)
+
+
 class HybridLM(nn.Module):
+    inv_freq: torch.Tensor  # a buffer (not a parameter): RoPE frequencies of the attention layers
+
     def __init__(self, cfg: HybridConfig) -> None:
         super().__init__()
         self.config = cfg
         self.backbone = Backbone(cfg)
+        self.register_buffer("inv_freq", inv_freq(cfg.attention_config()), persistent=False)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
@@ -208,13 +231,15 @@ class HybridLM(nn.Module):
             past_len = past[kinds.index("attention")][0].shape[2]
             bias_past, bias_new = attention_biases(attention_mask, past_len, seq)
             if cfg.positions == "rotary":
-                cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
+                freqs = position_ids.to(torch.float32).unsqueeze(-1) * self.inv_freq  # [B, S, D/2]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                cos, sin = emb.cos().unsqueeze(1), emb.sin().unsqueeze(1)
         present: list[State] = []
         for layer, state in zip(self.backbone.layers, past, strict=True):
             if isinstance(layer, MambaLayer):
                 x, new = layer(x, valid, state)
             else:
-                x, new = layer(x, cos, sin, bias_past, bias_new, state)
+                x, new = layer(x, cos, sin, (bias_past, bias_new), state)
             present.append(new)
         return self.lm_head(self.backbone.norm_f(x)), present
 

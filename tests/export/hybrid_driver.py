@@ -1,6 +1,7 @@
 """A reference driver for the "hybrid" graphs: how the engine will run them (numpy + ONNX Runtime).
 
-Everything it knows comes from `kiln.json`: the files, and the per-slot `state` of each layer,
+Everything it knows comes from `kiln.json` (read through `contracts.manifest.TextManifest`): the
+files, and the per-slot `state` of each layer,
 from which it allocates one buffer per state tensor shaped [max_batch, *shape] ("positions" =
 the KV capacity). Active sequences occupy rows 0..n-1; a call feeds the leading slice
 `buf[:n]` of every buffer, so slots stay contiguous. A finished row's hole is filled by moving
@@ -12,12 +13,13 @@ every row has at most one token go to the S = 1 decode graph.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from contracts.manifest import HYBRID, POSITIONS, TextManifest
 
 
 @dataclass
@@ -43,18 +45,19 @@ class Stats:
 
 class HybridDriver:
     def __init__(self, entry: Path, max_batch: int, capacity: int, chunk: int) -> None:
-        manifest = json.loads((entry / "kiln.json").read_text())
-        assert set(manifest["graphs"].values()) == {"hybrid"}
+        manifest = TextManifest.read(entry)
+        graph = manifest.graph("fp32")
+        assert graph.contract == HYBRID
         opts = ort.SessionOptions()
-        self.prefill = ort.InferenceSession(str(entry / manifest["files"]["fp32"]), opts)
-        self.decode = ort.InferenceSession(str(entry / manifest["decode_files"]["fp32"]), opts)
+        self.prefill = ort.InferenceSession(str(graph.path), opts)
+        self.decode = ort.InferenceSession(str(manifest.path(manifest.decode_files[graph.variant])), opts)
         self.max_batch, self.capacity, self.chunk = max_batch, capacity, chunk
         self.kinds: dict[str, str] = {}
         self.buffers: dict[str, np.ndarray] = {}
-        for layer in manifest["state"]:
-            for name, shape in layer["tensors"].items():
-                self.kinds[name] = layer["kind"]
-                dims = [max_batch, *(capacity if d == "positions" else d for d in shape)]
+        for layer in manifest.state:
+            for name, shape in layer.tensors.items():
+                self.kinds[name] = layer.kind
+                dims = [max_batch, *(capacity if d == POSITIONS else int(d) for d in shape)]
                 self.buffers[name] = np.zeros(dims, np.float32)
         self.lengths = np.zeros(max_batch, np.int64)
         self.rows: list[Request] = []

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
+from contracts.manifest import TextManifest
 from export.checkpoint import load_checkpoint
 from tests.export.hybrid_driver import HybridDriver, Request
 
@@ -54,15 +53,15 @@ def test_continuous_batching_with_compaction_equals_pytorch_greedy(served) -> No
 
 def test_state_memory_per_slot_does_not_depend_on_sequence_length(served) -> None:  # type: ignore[no-untyped-def]
     _, entry = served
-    manifest = json.loads((entry / "kiln.json").read_text())
+    state_bytes = TextManifest.read(entry).architecture["state_bytes"]
     per_slot = {}
     for capacity in (16, 256):
         driver = HybridDriver(entry, max_batch=2, capacity=capacity, chunk=4)
         recurrent = sum(b[0].nbytes for n, b in driver.buffers.items() if driver.kinds[n] == "recurrent")
         kv = sum(b[0].nbytes for n, b in driver.buffers.items() if driver.kinds[n] == "attention_kv")
         per_slot[capacity] = (recurrent, kv)
-    assert per_slot[16][0] == per_slot[256][0] == manifest["state_bytes"]["recurrent_per_slot"] > 0
-    per_position = manifest["state_bytes"]["attention_kv_per_position"]
+    assert per_slot[16][0] == per_slot[256][0] == state_bytes["recurrent_per_slot"] > 0
+    per_position = state_bytes["attention_kv_per_position"]
     assert per_slot[16][1] == 16 * per_position and per_slot[256][1] == 256 * per_position
     # And a long sequence leaves the recurrent state exactly the size it started at.
     driver = HybridDriver(entry, max_batch=1, capacity=64, chunk=16)

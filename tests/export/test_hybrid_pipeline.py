@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 
+from contracts.manifest import TextManifest
 from export import pipeline
 from export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from export.hybrid_pipeline import state_bytes
@@ -30,31 +31,44 @@ def test_hf_mamba2_exports_and_matches_transformers(tmp_path, hf_mamba2_dir) -> 
     assert report["verification"]["transformers"]["passed"]
     assert "Mamba2ForCausalLM" in report["verification"]["transformers"]["reference"]
     manifest = json.loads((tmp_path / "repo/m2/kiln.json").read_text())
+    assert manifest["eos_token_ids"] == [2]
     assert manifest["state"][0] == {"kind": "recurrent", "tensors": {"conv.0": [64 + 2 * 2 * 8, 3], "ssm.0": [8, 8, 8]}}
 
 
 def test_manifest_declares_per_slot_state_and_the_graph_contract(hybrid_entry) -> None:  # type: ignore[no-untyped-def]
-    manifest = json.loads((hybrid_entry / "kiln.json").read_text())
-    assert manifest["graphs"] == {"fp32": "hybrid"}
-    assert manifest["files"] == {"fp32": "1/model.onnx"} and manifest["decode_files"] == {"fp32": "1/model.decode.onnx"}
-    assert manifest["layers"] == ["mamba", "attention", "mamba2", "mamba"]
-    assert manifest["state"] == [
+    raw = json.loads((hybrid_entry / "kiln.json").read_text())
+    assert raw["manifest_version"] == 2 and raw["kind"] == "text-generation"
+    assert raw["graphs"] == {"fp32": "hybrid"}
+    assert raw["files"] == {"fp32": "1/model.onnx"} and raw["decode_files"] == {"fp32": "1/model.decode.onnx"}
+    assert raw["state"] == [
         {"kind": "recurrent", "tensors": {"conv.0": [64, 3], "ssm.0": [64, 8]}},
         {"kind": "attention_kv", "tensors": {"key.1": [2, "positions", 8], "value.1": [2, "positions", 8]}},
         {"kind": "recurrent", "tensors": {"conv.2": [64 + 2 * 2 * 8, 3], "ssm.2": [4, 16, 8]}},
         {"kind": "recurrent", "tensors": {"conv.3": [64, 3], "ssm.3": [64, 8]}},
     ]
+    manifest = TextManifest.read(hybrid_entry)  # the contracts package reads it back
+    assert manifest.graph("fused").contract == "hybrid" and manifest.num_layers == 4
+    arch = manifest.architecture
+    assert arch["layers"] == ["mamba", "attention", "mamba2", "mamba"]
     recurrent = 4 * (64 * 3 + 64 * 8 + 96 * 3 + 4 * 16 * 8 + 64 * 3 + 64 * 8)
-    assert manifest["state_bytes"] == {"recurrent_per_slot": recurrent, "attention_kv_per_position": 4 * 2 * 2 * 8}
-    for key in ("files", "decode_files"):
-        graph = onnx.load(str(hybrid_entry / manifest[key]["fp32"])).graph
-        assert [i.name for i in graph.input] == manifest["inputs"]
-        assert [o.name for o in graph.output] == manifest["outputs"]
-    names = [f"past_{n}" for layer in manifest["state"] for n in layer["tensors"]]
-    assert manifest["inputs"] == ["input_ids", "position_ids", "attention_mask", *names]
+    assert arch["state_bytes"] == {"recurrent_per_slot": recurrent, "attention_kv_per_position": 4 * 2 * 2 * 8}
+    for files in (manifest.files, manifest.decode_files):
+        graph = onnx.load(str(manifest.path(files["fp32"]))).graph
+        assert [i.name for i in graph.input] == arch["inputs"]
+        assert [o.name for o in graph.output] == arch["outputs"]
+    names = [f"past_{n}" for layer in manifest.state for n in layer.tensors]
+    assert arch["inputs"] == ["input_ids", "position_ids", "attention_mask", *names]
     report = json.loads((hybrid_entry / "export_report.json").read_text())
     assert report["source"] == "kiln" and "transformers" not in report["verification"]
     assert report["verification"]["fp32"]["passed"]
+
+
+def test_the_in_process_gateway_refuses_a_hybrid_entry_by_name(hybrid_entry) -> None:  # type: ignore[no-untyped-def]
+    from contracts.versions import ContractError
+    from service.backends.onnxruntime_lm import make_runner
+
+    with pytest.raises(ContractError, match="no in-process runner for graph contract 'hybrid'"):
+        make_runner(TextManifest.read(hybrid_entry), "fused", max_batch=2, max_seq_len=32)
 
 
 def test_kiln_hybrid_checkpoint_round_trips(tmp_path, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -1,9 +1,15 @@
-"""`kiln` command line. Export subcommands import torch lazily; `serve` never does."""
+"""`kiln` command line. Export subcommands import torch lazily; `serve` never does.
+
+A command that fails for a reason the user can act on (a checkpoint Kiln cannot read, a graph
+that fails verification, a manifest of another version) prints one line, `kiln <command>:
+error: <reason>`, and exits 1; `KILN_DEBUG=1` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -89,7 +95,7 @@ def cmd_demo_scene(args: argparse.Namespace) -> None:
         print(path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln", description="Kiln: export and serve models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--checkpoint",
         default=str(DEMO_LM_CHECKPOINT),
-        help="Kiln or Hugging Face Llama directory, or a classifier checkpoint (config.json kind image-classification)",
+        help="Kiln or Hugging Face decoder directory (docs/models.md), "
+        "or a classifier checkpoint (config.json kind image-classification)",
     )
     p.add_argument("--weights", help="classifiers: a weights file other than model.safetensors (.safetensors or .pth)")
     p.add_argument("--repository", default="model_repository")
@@ -140,7 +147,17 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_export)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("KILN_DEBUG"):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"kiln {args.command}: error: {reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
