@@ -13,7 +13,7 @@ from export import pipeline
 from export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from export.hybrid_pipeline import state_bytes
 from tests.conftest import TINY_TEXT
-from tests.export.conftest import save_hf_mamba, tiny_hybrid
+from tests.ssm_models import save_hf_mamba, tiny_hybrid
 
 
 def test_hf_mamba_export_is_verified_against_transformers(hf_mamba_entry) -> None:  # type: ignore[no-untyped-def]
@@ -71,9 +71,9 @@ def test_the_in_process_gateway_refuses_a_hybrid_entry_by_name(hybrid_entry) -> 
         make_runner(TextManifest.read(hybrid_entry), "fused", max_batch=2, max_seq_len=32)
 
 
-def test_kiln_hybrid_checkpoint_round_trips(tmp_path, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_kiln_hybrid_checkpoint_round_trips(tmp_path, ssm_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model = tiny_hybrid("mamba2,attention", norm="layernorm", positions="learned")
-    save_checkpoint(model, tiny_tokenizer, tmp_path)
+    save_checkpoint(model, ssm_tokenizer, tmp_path)
     loaded = load_checkpoint(tmp_path)
     assert loaded.source == "kiln" and loaded.config == model.config
     ids = torch.randint(3, 300, (1, 9))
@@ -88,15 +88,15 @@ def _edit_config(path, **changes) -> None:  # type: ignore[no-untyped-def]
     (path / "config.json").write_text(json.dumps(raw))
 
 
-def test_unsupported_mamba_checkpoints_are_refused_with_the_reason(tmp_path, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
-    path = save_hf_mamba(tmp_path / "m1", tiny_tokenizer, version=1)
+def test_unsupported_mamba_checkpoints_are_refused_with_the_reason(tmp_path, ssm_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    path = save_hf_mamba(tmp_path / "m1", ssm_tokenizer, version=1)
     _edit_config(path, hidden_act="gelu")
     with pytest.raises(CheckpointError, match="hidden_act='gelu'"):
         load_checkpoint(path)
     _edit_config(path, hidden_act="silu", model_type="falcon_mamba")
     with pytest.raises(CheckpointError, match="falcon_mamba.*mixer_rms_eps"):
         load_checkpoint(path)
-    path2 = save_hf_mamba(tmp_path / "m2", tiny_tokenizer, version=2)
+    path2 = save_hf_mamba(tmp_path / "m2", ssm_tokenizer, version=2)
     _edit_config(path2, time_step_limit=[0.0, 0.1])
     with pytest.raises(CheckpointError, match="time_step_limit"):
         load_checkpoint(path2)
