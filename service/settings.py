@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     triton_retries: int = Field(3, ge=0, le=10, description="Retries (with backoff) before a request gives 503.")
     triton_backoff_s: float = Field(0.2, gt=0, description="First retry delay; doubles per retry.")
     triton_timeout_s: float = Field(30.0, gt=0, description="Longest wait for Triton's next response before 503.")
-    lm_variant: Literal["fused", "fp32", "optimized", "int8"] = Field(
+    lm_variant: Literal["fused", "fp32", "optimized", "int8", "int4"] = Field(
         "fused", description="Which exported LM graph to run (falls back to fp32 if absent)."
     )
     intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = one per core).")

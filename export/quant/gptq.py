@@ -1,0 +1,155 @@
+"""GPTQ (Frantar et al., 2022): 4-bit codes chosen against the layer's inputs on calibration text.
+
+Round-to-nearest treats every weight alone. GPTQ quantizes a column's weights one input
+channel at a time and pushes each rounding error onto the channels not yet quantized, in
+proportion to how the inputs co-vary (the Hessian H = XᵀX of the layer's inputs), so the
+layer's *output* on real activations moves least. Block parameters (scale, zero point) are
+fitted to the already-compensated weights when a block starts, in the same convention as
+ONNX Runtime's round-to-nearest kernels, and the codes are returned as they are: nothing is
+re-quantized afterwards, so the graph holds exactly the grid GPTQ chose.
+
+ONNX Runtime's own GPTQ (`neural_compressor.gptq_quantize`) returns fake-quantized floats that
+are then re-quantized with fresh per-block min/max, which leaves the chosen grid whenever a
+block's codes do not reach both ends of it; and it handles neither 8 bits nor a shared
+embedding. Hence this implementation. One pass collects every Hessian from the fp32 model
+(inputs are not re-collected after earlier layers are quantized, as in ONNX Runtime's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from export.models.llama import LlamaLM
+from export.quant.blocks import BlockQuant, from_codes
+
+LAZY_COLUMNS = 128  # channels updated together before the rest of the matrix is touched
+
+
+def calibration_windows(
+    tokenizer: Tokenizer, texts: Sequence[str], bos_id: int, window: int, max_tokens: int, seed: int = 0
+) -> list[list[int]]:
+    """BOS-prefixed windows drawn from `texts` in a seeded order, `max_tokens` tokens in all."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    windows: list[list[int]] = []
+    budget = max_tokens
+    for i in order:
+        ids = tokenizer.encode(texts[int(i)], add_special_tokens=False).ids
+        for start in range(0, len(ids), window - 1):
+            chunk = [bos_id, *ids[start : start + window - 1]][:budget]
+            if len(chunk) < 2:
+                continue
+            windows.append(chunk)
+            budget -= len(chunk)
+            if budget <= 1:
+                return windows
+    return windows
+
+
+def input_modules(model: LlamaLM) -> dict[str, torch.nn.Module]:
+    """Fused-graph weight name (export/fused_graph.py) → the module whose input feeds that MatMul."""
+    out: dict[str, torch.nn.Module] = {}
+    for i, layer in enumerate(model.layers):
+        p = f"layers.{i}."
+        out[p + "qkv"] = layer.self_attn.q_proj  # q, k and v read the same normed input
+        out[p + "o"] = layer.self_attn.o_proj
+        out[p + "gate"] = layer.mlp.gate_proj
+        out[p + "up"] = layer.mlp.up_proj  # same input as gate: one Hessian, collected twice
+        out[p + "down"] = layer.mlp.down_proj
+    return out
+
+
+def collect_hessians(model: LlamaLM, windows: Iterable[list[int]], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """H = XᵀX / rows for the inputs of the named fused-graph MatMuls, over the calibration windows."""
+    modules = input_modules(model)
+    sums: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = {}
+    hooks = []
+    for name in names:
+        module = modules[name]
+        size = module.in_features
+        sums[name] = torch.zeros(size, size, dtype=torch.float64)
+        rows[name] = 0
+
+        def hook(_mod: torch.nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+            sums[name] += x.T @ x
+            rows[name] += x.shape[0]
+
+        hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for ids in windows:
+                model.logits_full(torch.tensor([ids]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: sums[name] / max(rows[name], 1) for name in names}
+
+
+def gptq_quantize(
+    weight: np.ndarray, hessian: torch.Tensor, bits: int, block_size: int, symmetric: bool, damp: float = 0.01
+) -> BlockQuant:
+    """Quantize W [K, N] against H [K, K]; block parameters as `blocks.quantize_rtn` fits them."""
+    k, n = weight.shape
+    if k % block_size:
+        raise ValueError(f"input dimension {k} is not a multiple of block_size {block_size}")
+    maxq = 2**bits - 1
+    w = torch.tensor(weight.T, dtype=torch.float64)  # [N, K]: a row per output, GPTQ's orientation
+    h = hessian.to(torch.float64).clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(k, dtype=torch.float64)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+    codes = torch.zeros(n, k, dtype=torch.int64)
+    blocks = k // block_size
+    scales = torch.zeros(n, blocks, dtype=torch.float64)
+    zeros = torch.zeros(n, blocks, dtype=torch.float64)
+    lazy = max(block_size, LAZY_COLUMNS // block_size * block_size)
+    for i1 in range(0, k, lazy):
+        i2 = min(i1 + lazy, k)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % block_size == 0:  # fit the block to the weights as compensated so far
+                g = col // block_size
+                scales[:, g], zeros[:, g] = _block_params(w1[:, i : i + block_size], bits, symmetric)
+            g = col // block_size
+            scale = torch.where(scales[:, g] == 0, 1.0, scales[:, g])
+            q = torch.clamp(torch.round(w1[:, i] / scale) + zeros[:, g], 0, maxq)
+            codes[:, col] = q.to(torch.int64)
+            err = (w1[:, i] - (q - zeros[:, g]) * scales[:, g]) / hinv1[i, i]
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return from_codes(
+        codes.numpy(),
+        scales.to(torch.float32).numpy(),
+        None if symmetric else zeros.to(torch.int64).numpy(),
+        bits,
+        block_size,
+    )
+
+
+def _block_params(block: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per row of a [N, block] slice, as ONNX Runtime's RTN kernels fit them.
+
+    Symmetric: the entry of largest magnitude maps to code 0 (scale = that entry / -2^(bits-1)),
+    zero point 2^(bits-1). Asymmetric: [min(x, 0), max(x, 0)] spans the codes 0 .. 2^bits - 1.
+    """
+    if symmetric:
+        lo, hi = block.min(dim=1).values, block.max(dim=1).values
+        extreme = torch.where(hi.abs() > lo.abs(), hi, lo)
+        return extreme / -(2 ** (bits - 1)), torch.full_like(extreme, 2 ** (bits - 1))
+    lo = torch.clamp(block.min(dim=1).values, max=0.0)
+    hi = torch.clamp(block.max(dim=1).values, min=0.0)
+    scale = (hi - lo) / (2**bits - 1)
+    zero = torch.where(scale == 0, 2 ** (bits - 1), torch.round(-lo / torch.where(scale == 0, 1.0, scale)))
+    return scale, torch.clamp(zero, 0, 2**bits - 1)

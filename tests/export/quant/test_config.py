@@ -1,0 +1,56 @@
+"""Quantization settings: bad values are refused naming the key and its `kiln export` flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from export.quant.config import QuantConfig, QuantConfigError
+from service.cli import main
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"block_size": 48}, r"quant.block_size 48 \(--quant-block-size\)"),
+        ({"block_size": 8}, "power of two >= 16"),
+        ({"accuracy_level": 5}, r"quant.accuracy_level 5 \(--quant-accuracy-level\)"),
+        ({"int4_algorithm": "awq"}, r"quant.int4_algorithm 'awq' \(--int4-algorithm\): one of rtn, gptq"),
+        ({"head_bits": 2}, r"quant.head_bits 2 \(--int4-head-bits\)"),
+        ({"calibration_tokens": 0}, "calibration_tokens"),
+    ],
+)
+def test_unsupported_values_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(QuantConfigError, match=message):
+        QuantConfig(**kwargs)
+
+
+def test_a_block_size_that_does_not_divide_the_model_is_refused() -> None:
+    QuantConfig(block_size=32).check_shapes(96, 160)
+    with pytest.raises(QuantConfigError, match="does not divide the model's intermediate_size 160"):
+        QuantConfig(block_size=64).check_shapes(192, 160)
+
+
+def test_kiln_export_flags_reach_export_checkpoint(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seen: dict = {}
+
+    def fake_export(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        return {"summary": {}}
+
+    import export.pipeline
+
+    monkeypatch.setattr(export.pipeline, "export_checkpoint", fake_export)
+    flags = ["--int4-algorithm", "rtn", "--int4-head-bits", "4", "--quant-block-size", "64", "--quant-symmetric"]
+    flags += ["--int8-ppl-budget", "0.25", "--int4-ppl-budget", "3", "--quant-accuracy-level", "0"]
+    main(["export", "--checkpoint", str(tmp_path), *flags])
+    assert seen["quant"] == QuantConfig(
+        int4_algorithm="rtn",
+        head_bits=4,
+        block_size=64,
+        symmetric=True,
+        int8_budget_pct=0.25,
+        int4_budget_pct=3.0,
+        accuracy_level=0,
+    )
+    main(["export", "--checkpoint", str(tmp_path)])
+    assert seen["quant"] == QuantConfig()  # no flag: the documented defaults
