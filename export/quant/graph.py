@@ -112,8 +112,13 @@ def quantize_fused_graph(
     graph.node.extend(nodes)
     graph.ClearField("initializer")
     graph.initializer.extend([*kept, *new_inits])
+    return save(proto, dst)
+
+
+def save(proto: onnx.ModelProto, dst: Path) -> Path:
+    """Write `proto`, its weights beside it once they near protobuf's 2 GB limit (as fused_graph does)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    external = sum(t.ByteSize() for t in graph.initializer) > EXTERNAL_DATA_BYTES
+    external = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
     onnx.save_model(proto, str(dst), save_as_external_data=external, location=dst.name + ".data")
     return dst
 

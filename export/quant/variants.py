@@ -32,13 +32,15 @@ from export.models.llama import LlamaLM
 from export.quant.blocks import BlockQuant, dequantize, quantize_rtn
 from export.quant.config import QuantConfig
 from export.quant.gptq import calibration_windows, collect_hessians, gptq_quantize
-from export.quant.graph import EMBED, HEAD, fused_weights, quantize_fused_graph, with_accuracy_level
+from export.quant.graph import EMBED, HEAD, fused_weights, quantize_fused_graph, save, with_accuracy_level
 from export.quant.quality import check_budgets, fused_quality
 from export.verify import verify_fused_lm
 
 FILES = {"int8": "1/model.int8.onnx", "int4": "1/model.int4.onnx"}
 REFERENCE = "fp32"  # the fp32 fused graph, in the quality table
 CALIBRATION_WINDOW = 256
+# kiln.json `quantization.<variant>`: how the served graph was made (informative; the runner needs none)
+MANIFEST_KEYS = ("bits", "algorithm", "head_bits", "embedding_bits", "block_size", "symmetric", "accuracy_level")
 
 
 def build_quantized_variants(
@@ -72,7 +74,8 @@ def build_quantized_variants(
             cfg.calibration_tokens,
         )
         hessians = collect_hessians(model, calib, projections)
-        calibration = {"split": "train", "windows": len(calib), "tokens": sum(len(w) for w in calib)}
+        source = "demo corpus, training split" if calib_texts is None else "calib_texts"
+        calibration = {"texts": source, "windows": len(calib), "tokens": sum(len(w) for w in calib)}
     timings["calibrate"] = time.perf_counter() - t
 
     files: dict[str, Path] = {}
@@ -111,18 +114,7 @@ def build_quantized_variants(
             paths[variant] = dst
             if variant in FILES:
                 files[variant] = dst
-                manifest[variant] = {
-                    k: info[k]
-                    for k in (
-                        "bits",
-                        "algorithm",
-                        "head_bits",
-                        "embedding_bits",
-                        "block_size",
-                        "symmetric",
-                        "accuracy_level",
-                    )
-                }
+                manifest[variant] = {k: info[k] for k in MANIFEST_KEYS}
         t = time.perf_counter()
         measured = fused_quality(paths, windows, mcfg.num_layers, mcfg.num_kv_heads, mcfg.head_dim, REFERENCE)
         timings["quality"] = time.perf_counter() - t
@@ -192,9 +184,10 @@ def dequantized_model(model: LlamaLM, plan: dict[str, BlockQuant], embed: BlockQ
 def verify_quantized(reference: LlamaLM, graph: Path, tmp: Path, tolerance: float, cfg: QuantConfig) -> dict:
     """The exact twin (fp32 compute) to `tolerance`, then the served graph to served_rtol × max |logit|."""
     twin = tmp / f"{graph.stem}.exact.onnx"
-    onnx.save_model(with_accuracy_level(graph, 0), str(twin))
+    save(with_accuracy_level(graph, 0), twin)
     out = {"exact": verify_fused_lm(reference, twin, tolerance)}
-    twin.unlink()
+    for leftover in (twin, twin.with_name(twin.name + ".data")):
+        leftover.unlink(missing_ok=True)
     if cfg.accuracy_level:
         scale = _logit_scale(reference)
         out["served"] = verify_fused_lm(reference, graph, cfg.served_rtol * scale)

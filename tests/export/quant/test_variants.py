@@ -48,7 +48,7 @@ def test_every_quantized_graph_is_verified_and_measured(tiny_quant_lm_repo) -> N
         assert exact["passed"] and exact["max_abs_logits"] <= 1e-4 and exact["max_abs_kv"] <= 1e-4, variant
         assert served["passed"] and served["tolerance"] == pytest.approx(0.05 * served["logit_scale"]), variant
         assert info["tied_embedding_shared"]  # the tiny LM ties its head: one copy of that matrix
-    assert quant["calibration"]["split"] == "train" and quant["calibration"]["tokens"] > 0
+    assert quant["calibration"]["texts"] == "calib_texts" and quant["calibration"]["tokens"] > 0
     assert set(quant["quality"]) == {"fp32", "int8", "int4", "int4-rtn"}
     for variant in ("int8", "int4"):
         q = quant["quality"][variant]
