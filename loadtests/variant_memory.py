@@ -1,6 +1,10 @@
 """Resident memory of the served runner per LM variant (issue 14), each in a fresh process.
 
     python loadtests/variant_memory.py --entry model_repository/demo-lm --out runs/variant-memory.json
+    python loadtests/variant_memory.py --bench-model 30M --workdir /tmp/kiln-bench --out runs/variant-memory-30m.json
+
+`--bench-model` first builds (or reuses, in `--workdir`) that model of the generation benchmark
+and its Kiln export with the quantized variants, as `bench_generate.py` does, and measures it.
 
 For each variant the worker imports the runner, records VmRSS, builds `make_runner` exactly as
 the gateway does (Settings' max_batch / max_seq_len unless given; the KV cache is preallocated
@@ -72,11 +76,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="write the measurements as JSON")
+    p.add_argument("--description", default=None, help="what the entry is (for docs/quantization.md)")
+    p.add_argument("--bench-model", default=None, help="measure this bench_generate.py model instead of --entry")
+    p.add_argument("--workdir", type=Path, default=Path("runs/bench-models"), help="with --bench-model")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.entry, args.worker, args.max_batch, args.max_seq_len, args.threads)))
         return
+    if args.bench_model:
+        args.entry = _bench_entry(args.bench_model, args.workdir, args.threads)
+        args.description = args.description or (
+            f"the generation benchmark's random-weight {args.bench_model} model, vocab 32000, untied head"
+        )
     rows = []
     for variant in [v for v in args.variants.split(",") if v]:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--entry", str(args.entry), "--worker", variant]
@@ -95,7 +107,19 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"entry": str(args.entry), "variants": rows}, indent=2))
+        doc = {"entry": str(args.entry), "description": args.description, "variants": rows}
+        args.out.write_text(json.dumps({k: v for k, v in doc.items() if v is not None}, indent=2))
+
+
+def _bench_entry(name: str, workdir: Path, threads: int) -> Path:
+    """bench_generate.py's model `name`, exported with the int8/int4 variants (built once per workdir)."""
+    import bench_generate
+    import bench_quant
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = bench_generate.prepare_model(name, workdir, threads, ort_genai=False)
+    model.update(bench_quant.prepare(model, workdir, threads, ["kiln-int4"], bench_generate.log))
+    return Path(model["kiln_quant_model"])
 
 
 if __name__ == "__main__":

@@ -52,18 +52,22 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(json.dumps(report["summary"], indent=2, default=str)[:4000])
         return
     from export.pipeline import export_checkpoint
-    from export.quant.config import from_args
+    from export.quant.config import QuantConfigError, from_args
+    from export.quant.quality import QuantBudgetError
 
-    report = export_checkpoint(
-        Path(args.checkpoint),
-        Path(args.repository),
-        args.name or DEMO_LM_NAME,
-        variants=not args.fp32_only,
-        target=args.target,
-        tensorrt=args.tensorrt,
-        fp16=args.fp16,
-        quant=from_args(args),
-    )
+    try:
+        report = export_checkpoint(
+            Path(args.checkpoint),
+            Path(args.repository),
+            args.name or DEMO_LM_NAME,
+            variants=not args.fp32_only,
+            target=args.target,
+            tensorrt=args.tensorrt,
+            fp16=args.fp16,
+            quant=from_args(args),
+        )
+    except (QuantConfigError, QuantBudgetError) as exc:  # a setting or a budget: one line, no traceback
+        raise SystemExit(f"kiln export: {exc}") from None
     print(json.dumps(report.get("summary", report), indent=2, default=str)[:4000])
     if "triton" in report:
         print(f"Triton model (decoupled python backend running Kiln's engine): {report['triton']['path']}")

@@ -36,7 +36,7 @@ def _weights(info: dict) -> str:
     )
 
 
-def render(report: dict, study: dict | None, memory: dict | None) -> str:
+def render(report: dict, study: dict | None, memory: list[dict] | None) -> str:
     quant = report["quantization"]
     cfg = quant["config"]
     quality = quant["quality"]
@@ -124,7 +124,15 @@ def render(report: dict, study: dict | None, memory: dict | None) -> str:
     if study:
         lines += _study(study)
     if memory:
-        lines += _memory(memory)
+        lines += [
+            "",
+            "## Resident memory of the runner",
+            "",
+            "A fresh process per variant: VmRSS before and after `make_runner` (as the gateway builds it, the KV "
+            "cache preallocated and touched), one prefill and 16 decode steps; no timing.",
+        ]
+        for m in memory:
+            lines += _memory(m)
     lines += _settings()
     lines += [
         "",
@@ -135,8 +143,10 @@ def render(report: dict, study: dict | None, memory: dict | None) -> str:
         "kiln export --checkpoint checkpoints/demo-lm --repository model_repository --name demo-lm",
         "python -m export.quant.study --entry model_repository/demo-lm --out runs/quant-study.json",
         "python loadtests/variant_memory.py --entry model_repository/demo-lm --out runs/variant-memory.json",
+        "python loadtests/variant_memory.py --bench-model 30M --out runs/variant-memory-30m.json",
         "python -m export.quant.docs --report model_repository/demo-lm/export_report.json \\",
-        "    --study runs/quant-study.json --memory runs/variant-memory.json --out docs/quantization.md",
+        "    --study runs/quant-study.json --memory runs/variant-memory.json \\",
+        "    --memory runs/variant-memory-30m.json --out docs/quantization.md",
         "```",
         "",
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
@@ -178,12 +188,11 @@ def _study(study: dict) -> list[str]:
 
 
 def _memory(memory: dict) -> list[str]:
+    first = memory["variants"][0]
     lines = [
         "",
-        "## Resident memory of the runner",
-        "",
-        "A fresh process per variant: VmRSS before and after `make_runner` (as the gateway builds it, the KV "
-        "cache preallocated and touched), one prefill and 16 decode steps; no timing.",
+        f"`{Path(memory['entry']).name}` ({memory.get('description', 'the export above')}; max_batch "
+        f"{first['max_batch']}, max_seq_len {first['max_seq_len']}):",
         "",
         "| variant | file MB | RSS before MB | RSS after MB | growth MB | of which KV cache MB | peak MB |",
         "|---|---|---|---|---|---|---|",
@@ -193,8 +202,6 @@ def _memory(memory: dict) -> list[str]:
             f"| {r['variant']} | {r['file_mb']:.2f} | {r['rss_before_mb']:.1f} | {r['rss_after_mb']:.1f} "
             f"| {r['runner_growth_mb']:.1f} | {r['kv_cache_mb']:.1f} | {r['peak_mb']:.1f} |"
         )
-    first = memory["variants"][0]
-    lines += ["", f"(max_batch {first['max_batch']}, max_seq_len {first['max_seq_len']}.)"]
     return lines
 
 
@@ -215,14 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--report", type=Path, default=Path("model_repository/demo-lm/export_report.json"))
     p.add_argument("--study", type=Path, default=None)
-    p.add_argument("--memory", type=Path, default=None)
+    p.add_argument("--memory", type=Path, action="append", help="loadtests/variant_memory.py output (repeatable)")
     p.add_argument("--out", type=Path, default=Path("docs/quantization.md"))
     args = p.parse_args(argv)
     report = json.loads(args.report.read_text())
     if "quantization" not in report:
         raise SystemExit(f"{args.report}: no quantization section (export with variants)")
     study = json.loads(args.study.read_text()) if args.study else None
-    memory = json.loads(args.memory.read_text()) if args.memory else None
+    memory = [json.loads(m.read_text()) for m in args.memory or []]
     args.out.write_text(render(report, study, memory))
     print(f"wrote {args.out}")
 

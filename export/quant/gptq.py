@@ -93,63 +93,66 @@ def collect_hessians(model: LlamaLM, windows: Iterable[list[int]], names: Sequen
 def gptq_quantize(
     weight: np.ndarray, hessian: torch.Tensor, bits: int, block_size: int, symmetric: bool, damp: float = 0.01
 ) -> BlockQuant:
-    """Quantize W [K, N] against H [K, K]; block parameters as `blocks.quantize_rtn` fits them."""
+    """Quantize W [K, N] against H [K, K]; block parameters as `blocks.quantize_rtn` fits them.
+
+    Input channel k is row k of W, so each step reads and updates contiguous rows (fp32; the
+    Hessian is inverted in fp64).
+    """
     k, n = weight.shape
     if k % block_size:
         raise ValueError(f"input dimension {k} is not a multiple of block_size {block_size}")
     maxq = 2**bits - 1
-    w = torch.tensor(weight.T, dtype=torch.float64)  # [N, K]: a row per output, GPTQ's orientation
+    w = torch.tensor(weight, dtype=torch.float32)  # [K, N]
     h = hessian.to(torch.float64).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    w[dead, :] = 0.0
     h += damp * torch.mean(torch.diag(h)) * torch.eye(k, dtype=torch.float64)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
 
-    codes = torch.zeros(n, k, dtype=torch.int64)
+    codes = torch.zeros(k, n, dtype=torch.int32)
     blocks = k // block_size
-    scales = torch.zeros(n, blocks, dtype=torch.float64)
-    zeros = torch.zeros(n, blocks, dtype=torch.float64)
+    scales = torch.zeros(blocks, n, dtype=torch.float32)
+    zeros = torch.zeros(blocks, n, dtype=torch.float32)
     lazy = max(block_size, LAZY_COLUMNS // block_size * block_size)
     for i1 in range(0, k, lazy):
         i2 = min(i1 + lazy, k)
-        w1 = w[:, i1:i2].clone()
+        w1 = w[i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = i1 + i
-            if col % block_size == 0:  # fit the block to the weights as compensated so far
-                g = col // block_size
-                scales[:, g], zeros[:, g] = _block_params(w1[:, i : i + block_size], bits, symmetric)
-            g = col // block_size
-            scale = torch.where(scales[:, g] == 0, 1.0, scales[:, g])
-            q = torch.clamp(torch.round(w1[:, i] / scale) + zeros[:, g], 0, maxq)
-            codes[:, col] = q.to(torch.int64)
-            err = (w1[:, i] - (q - zeros[:, g]) * scales[:, g]) / hinv1[i, i]
-            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
-            err1[:, i] = err
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+            row = i1 + i
+            g = row // block_size
+            if row % block_size == 0:  # fit the block to the weights as compensated so far
+                scales[g], zeros[g] = _block_params(w1[i : i + block_size], bits, symmetric)
+                divisor = torch.where(scales[g] == 0, 1.0, scales[g])
+            q = torch.clamp(torch.round(w1[i] / divisor) + zeros[g], 0, maxq)
+            codes[row] = q.to(torch.int32)
+            err = (w1[i] - (q - zeros[g]) * scales[g]) / hinv1[i, i]
+            w1[i:].addr_(hinv1[i, i:], err, alpha=-1.0)  # rank-1 update, in place
+            err1[i] = err
+        w[i2:] -= hinv[i1:i2, i2:].T @ err1
     return from_codes(
-        codes.numpy(),
-        scales.to(torch.float32).numpy(),
-        None if symmetric else zeros.to(torch.int64).numpy(),
+        codes.T.contiguous().numpy(),
+        scales.T.contiguous().numpy(),
+        None if symmetric else zeros.T.to(torch.int64).contiguous().numpy(),
         bits,
         block_size,
     )
 
 
 def _block_params(block: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point per row of a [N, block] slice, as ONNX Runtime's RTN kernels fit them.
+    """Scale and zero point per column of a [block, N] slice, as ONNX Runtime's RTN kernels fit them.
 
     Symmetric: the entry of largest magnitude maps to code 0 (scale = that entry / -2^(bits-1)),
     zero point 2^(bits-1). Asymmetric: [min(x, 0), max(x, 0)] spans the codes 0 .. 2^bits - 1.
     """
     if symmetric:
-        lo, hi = block.min(dim=1).values, block.max(dim=1).values
+        lo, hi = block.min(dim=0).values, block.max(dim=0).values
         extreme = torch.where(hi.abs() > lo.abs(), hi, lo)
         return extreme / -(2 ** (bits - 1)), torch.full_like(extreme, 2 ** (bits - 1))
-    lo = torch.clamp(block.min(dim=1).values, max=0.0)
-    hi = torch.clamp(block.max(dim=1).values, min=0.0)
+    lo = torch.clamp(block.min(dim=0).values, max=0.0)
+    hi = torch.clamp(block.max(dim=0).values, min=0.0)
     scale = (hi - lo) / (2**bits - 1)
     zero = torch.where(scale == 0, 2 ** (bits - 1), torch.round(-lo / torch.where(scale == 0, 1.0, scale)))
     return scale, torch.clamp(zero, 0, 2**bits - 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from export.quant.config import QuantConfig, QuantConfigError
+from export.quant.quality import QuantBudgetError
 from service.cli import main
 
 
@@ -54,3 +55,16 @@ def test_kiln_export_flags_reach_export_checkpoint(monkeypatch, tmp_path) -> Non
     )
     main(["export", "--checkpoint", str(tmp_path)])
     assert seen["quant"] == QuantConfig()  # no flag: the documented defaults
+
+
+def test_kiln_export_reports_a_missed_budget_or_bad_flag_in_one_line(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import export.pipeline
+
+    def over_budget(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise QuantBudgetError("quantized variants over their perplexity budget: int4 ...")
+
+    monkeypatch.setattr(export.pipeline, "export_checkpoint", over_budget)
+    with pytest.raises(SystemExit, match="^kiln export: quantized variants over their perplexity budget"):
+        main(["export", "--checkpoint", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"^kiln export: quant.block_size 24 \(--quant-block-size\)"):
+        main(["export", "--checkpoint", str(tmp_path), "--quant-block-size", "24"])
