@@ -38,14 +38,15 @@ $(CKPT_VISION)/model.safetensors:
 
 export: models $(EXPORT_OUT_$(strip $(TARGET))) $(REPO)/demo-vit/kiln.json
 
-$(REPO)/demo-lm/kiln.json: $(CKPT_LM)/model.safetensors
+# The manifest's contract is a prerequisite: a Kiln that reads a new manifest version re-exports.
+$(REPO)/demo-lm/kiln.json: $(CKPT_LM)/model.safetensors contracts/manifest.py
 	$(KILN) export --checkpoint $(CKPT_LM) --repository $(REPO) --name demo-lm $(if $(strip $(TENSORRT)),--tensorrt)
 
 $(REPO)/demo-lm-triton/config.pbtxt: $(CKPT_LM)/model.safetensors
 	$(KILN) export --checkpoint $(CKPT_LM) --repository $(REPO) --name demo-lm --target triton \
 		$(if $(strip $(TENSORRT)),--tensorrt)
 
-$(REPO)/demo-vit/kiln.json: $(CKPT_VISION)/model.safetensors
+$(REPO)/demo-vit/kiln.json: $(CKPT_VISION)/model.safetensors contracts/manifest.py
 	$(KILN) export --checkpoint $(CKPT_VISION) --repository $(REPO) --name demo-vit
 
 # Test-split accuracy (single / multi / multi+flip per aggregation), ECE, conformal coverage -> docs/vision.md
@@ -59,8 +60,13 @@ serve: export
 deploy-tools: install
 	VENV=$(VENV) deploy/tools/install.sh
 
+# Line coverage of service/, export/, contracts/ and cli/, the servers and CLIs the tests start as
+# subprocesses included (coverage's `patch = subprocess`, pyproject.toml).
 test: install deploy-tools triton-tools
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@rm -f .coverage .coverage.*
+	$(PY) -m coverage run -m pytest -q $(PYTEST_ARGS)
+	@$(PY) -m coverage combine -q
+	$(PY) -m coverage report --sort=-cover | tail -n 25
 
 # A real tritonserver (CPU) for the integration tests: deploy/triton/install.sh is idempotent. If it
 # fails, the reason goes to .triton-install-failed and the Triton tests skip, quoting it.
@@ -70,9 +76,12 @@ triton-tools:
 		|| { cp .triton-install.log .triton-install-failed; cat .triton-install-failed >&2; \
 		     echo "triton-tools: install failed; the Triton integration tests will skip" >&2; }
 
+LINTED := service export contracts cli tests loadtests deploy
+
 lint: install
-	$(VENV)/bin/ruff check service export tests loadtests deploy
-	$(VENV)/bin/ruff format --check service export tests loadtests deploy
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
 
 bench: bench-generate bench-classify
 

@@ -18,6 +18,8 @@ COPY docker/wheels/ /tmp/wheels/
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY export ./export
+COPY contracts ./contracts
+COPY cli ./cli
 RUN python3 -m venv /opt/kiln \
  && /opt/kiln/bin/pip install ${PIP_ARGS} --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
  && /opt/kiln/bin/pip install ${PIP_ARGS} --no-cache-dir ".[export]" ${EXTRA_PIP} \

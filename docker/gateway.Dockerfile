@@ -14,6 +14,8 @@ COPY docker/wheels/ /tmp/wheels/
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY export ./export
+COPY contracts ./contracts
+COPY cli ./cli
 # A self-contained venv at /opt/kiln; pip itself is removed so the final stage cannot install anything.
 RUN python3 -m venv /opt/kiln \
  && /opt/kiln/bin/pip install ${PIP_ARGS} --no-cache-dir . \

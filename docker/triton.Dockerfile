@@ -14,6 +14,8 @@ COPY docker/wheels/ /tmp/wheels/
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY export ./export
+COPY contracts ./contracts
+COPY cli ./cli
 # Into the system interpreter that the python-backend stub embeds (PEP 668 on Ubuntu 24.04).
 RUN python3 -m pip install ${PIP_ARGS} --no-cache-dir --break-system-packages . \
  && python3 -c "import service.backends.onnxruntime_lm" \

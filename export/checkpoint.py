@@ -1,15 +1,16 @@
-"""Checkpoints on disk: Kiln's own and Hugging Face Llama-family directories.
+"""Checkpoints on disk: Kiln's own and Hugging Face decoder directories.
 
 Kiln's layout is `config.json` (model_type "kiln-llama") + `model.safetensors` +
-`tokenizer.json`. A Hugging Face Llama directory (`config.json` with model_type "llama",
-safetensors weights, single or sharded, and a `tokenizer.json`) loads into the same
-`LlamaLM`, because that module uses Llama's parameter names; only the `model.` prefix differs.
-Anything the graph contract cannot represent (RoPE scaling, biases, a head_dim that is not
-hidden/heads) is refused with a message, never silently approximated.
+`tokenizer.json`. A Hugging Face directory (`config.json`, safetensors weights in fp32, fp16 or
+bf16, single or sharded, and a `tokenizer.json`) of a supported family (`export/models/families`:
+Llama, Mistral, Qwen2/3, Phi-3, Gemma/Gemma 2) loads into the same `DecoderLM`: the family maps
+its config onto `DecoderConfig` and its weight names onto Kiln's. Anything the graph contract
+cannot represent is refused with a message naming the config key, never silently approximated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,28 +19,28 @@ import torch
 from safetensors.torch import load_file, save_model
 from tokenizers import Tokenizer
 
-from export.models.llama import LlamaConfig, LlamaLM
-from export.tokenizer import special_ids
+from export.models.config import CheckpointError, DecoderConfig
+from export.models.decoder import DecoderLM
+from export.models.families import family_for
+from export.models.families.common import special_tokens
 
-
-class CheckpointError(ValueError):
-    """The directory is not a checkpoint Kiln can load; the message says why."""
+__all__ = ["Checkpoint", "CheckpointError", "hf_config_to_kiln", "load_checkpoint", "save_checkpoint"]
 
 
 @dataclass
 class Checkpoint:
-    model: LlamaLM
+    model: DecoderLM
     tokenizer: Tokenizer
     path: Path
     source: str  # "kiln" | "huggingface"
     add_bos: bool = True
 
     @property
-    def config(self) -> LlamaConfig:
+    def config(self) -> DecoderConfig:
         return self.model.config
 
 
-def save_checkpoint(model: LlamaLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+def save_checkpoint(model: DecoderLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.config.to_json(out / "config.json")
@@ -52,65 +53,32 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise CheckpointError(f"{path}: no config.json (expected a Kiln or Hugging Face Llama checkpoint)")
+        raise CheckpointError(f"{path}: no config.json (expected a Kiln or Hugging Face decoder checkpoint)")
     raw = json.loads(cfg_file.read_text())
     if not (path / "tokenizer.json").exists():
         raise CheckpointError(f"{path}: no tokenizer.json (the fast-tokenizer file is required)")
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    model_type = raw.get("model_type")
-    if model_type == "kiln-llama":
-        cfg = LlamaConfig.from_dict(raw)
+    if raw.get("model_type") == "kiln-llama":
+        cfg = DecoderConfig.from_dict(raw)
         state = load_file(str(path / "model.safetensors"))
         return Checkpoint(_build(cfg, state, path), tokenizer, path, "kiln")
-    if model_type in ("llama", "mistral", "qwen2") or "LlamaForCausalLM" in raw.get("architectures", []):
-        cfg = hf_config_to_kiln(raw, tokenizer)
-        state = {_strip(k): v for k, v in _load_hf_weights(path).items() if "rotary_emb" not in k}
-        add_bos = _hf_add_bos(path)
-        return Checkpoint(_build(cfg, state, path), tokenizer, path, "huggingface", add_bos=add_bos)
-    raise CheckpointError(f"{path}: unsupported model_type {model_type!r} (supported: kiln-llama, llama)")
+    try:
+        family = family_for(raw)
+        cfg = hf_config_to_kiln(raw, tokenizer, _generation_config(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    state = family.map_weights(_load_hf_weights(path), cfg)
+    return Checkpoint(_build(cfg, state, path), tokenizer, path, "huggingface", add_bos=_hf_add_bos(path, tokenizer))
 
 
-def hf_config_to_kiln(raw: dict, tokenizer: Tokenizer | None = None) -> LlamaConfig:
-    heads = int(raw["num_attention_heads"])
-    hidden = int(raw["hidden_size"])
-    if raw.get("attention_bias") or raw.get("mlp_bias"):
-        raise CheckpointError("attention/MLP biases are not supported by Kiln's Llama graph")
-    if raw.get("head_dim") not in (None, hidden // heads):
-        raise CheckpointError(f"head_dim {raw['head_dim']} != hidden_size/num_attention_heads")
-    rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in (None, "default"):
-        raise CheckpointError(f"RoPE scaling {rope_type!r} is not supported yet")
-    theta = float(raw.get("rope_theta", rope.get("rope_theta", 10000.0)))
-    specials = special_ids(tokenizer) if tokenizer is not None else {}
-
-    def tok_id(key: str, fallback: int) -> int:
-        value = raw.get(key)
-        if isinstance(value, list):
-            value = value[0]
-        if value is None:
-            value = specials.get(key)
-        return int(value) if value is not None else fallback
-
-    return LlamaConfig(
-        vocab_size=int(raw["vocab_size"]),
-        hidden_size=hidden,
-        num_layers=int(raw["num_hidden_layers"]),
-        num_heads=heads,
-        num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-        intermediate_size=int(raw["intermediate_size"]),
-        max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
-        rope_theta=theta,
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        bos_token_id=tok_id("bos_token_id", 1),
-        eos_token_id=tok_id("eos_token_id", 2),
-        pad_token_id=tok_id("pad_token_id", tok_id("eos_token_id", 0)),
-    )
+def hf_config_to_kiln(raw: dict, tokenizer: Tokenizer | None = None, generation: dict | None = None) -> DecoderConfig:
+    """A Hugging Face `config.json` (and `generation_config.json`) as a `DecoderConfig`."""
+    cfg = family_for(raw).from_hf_config(raw)
+    return dataclasses.replace(cfg, **special_tokens(raw, generation or {}, tokenizer))
 
 
-def _build(cfg: LlamaConfig, state: dict[str, torch.Tensor], path: Path) -> LlamaLM:
-    model = LlamaLM(cfg)
+def _build(cfg: DecoderConfig, state: dict[str, torch.Tensor], path: Path) -> DecoderLM:
+    model = DecoderLM(cfg)
     if cfg.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
@@ -120,10 +88,6 @@ def _build(cfg: LlamaConfig, state: dict[str, torch.Tensor], path: Path) -> Llam
             f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     return model.eval()
-
-
-def _strip(key: str) -> str:
-    return key[len("model.") :] if key.startswith("model.") else key
 
 
 def _load_hf_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -140,8 +104,25 @@ def _load_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json (only safetensors is read)")
 
 
-def _hf_add_bos(path: Path) -> bool:
+def _generation_config(path: Path) -> dict:
+    file = path / "generation_config.json"
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def _hf_add_bos(path: Path, tokenizer: Tokenizer) -> bool:
+    """Whether the gateway should prepend BOS, as `AutoTokenizer(text)` would.
+
+    `add_bos_token` in tokenizer_config.json decides when present. Otherwise a tokenizer.json
+    post-processor (Llama 3's, Gemma's template) is asked directly; Qwen's adds nothing. A
+    tokenizer without a post-processor (Kiln's own) gets BOS, as Kiln's models were trained.
+    """
     tc = path / "tokenizer_config.json"
     if tc.exists():
-        return bool(json.loads(tc.read_text()).get("add_bos_token", True))
-    return True
+        config = json.loads(tc.read_text())
+        if "add_bos_token" in config:
+            return bool(config["add_bos_token"])
+    if json.loads(tokenizer.to_str()).get("post_processor") is None:
+        return True
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a", add_special_tokens=True).ids
+    return len(full) > len(plain) and full[:1] != plain[:1]  # something was put in front

@@ -1,4 +1,4 @@
-"""PyTorch `LlamaLM` → ONNX with the KV cache as explicit graph inputs and outputs.
+"""PyTorch `DecoderLM` → ONNX with the KV cache as explicit graph inputs and outputs.
 
 One graph serves both phases: prefill is a call with an empty past (P = 0) and many tokens,
 decode a call with S = 1 over the engine's cache. Batch, sequence, past and total lengths are
@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.models.llama import LlamaLM, OnnxWrapper
+from export.models.decoder import DecoderLM, OnnxWrapper
 
 OPSET = 17
 
@@ -44,7 +44,7 @@ def output_names(num_layers: int) -> list[str]:
     return names
 
 
-def export_lm_onnx(model: LlamaLM, out_file: Path) -> Path:
+def export_lm_onnx(model: DecoderLM, out_file: Path) -> Path:
     cfg = model.config
     out_file.parent.mkdir(parents=True, exist_ok=True)
     batch, seq, past = 2, 3, 2

@@ -12,13 +12,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contracts.manifest import GQA, STANDARD, TextManifest, attention_state
+from contracts.triton import triton_lm_name
+from export.chat import TEMPLATE_FILE, find_chat_template, special_tokens
 from export.checkpoint import load_checkpoint
-from export.fused_graph import GRAPH_KIND, build_fused_lm_onnx
-from export.onnx_export import export_lm_onnx, input_names, output_names, toolchain_versions
+from export.fused_graph import build_fused_lm_onnx, fused_unsupported
+from export.onnx_export import export_lm_onnx, toolchain_versions
 from export.quant.config import QuantConfig
 from export.quant.variants import FILES as QUANT_FILES
 from export.quant.variants import build_quantized_variants
-from export.triton_repo import lm_onnx_config, staged_entry, triton_lm_name, write_config, write_lm_python_entry
+from export.triton_repo import lm_onnx_config, staged_entry, write_config, write_lm_python_entry
 from export.variants import optimize_offline, perplexity, token_windows
 from export.verify import verify_fused_lm, verify_lm
 
@@ -55,7 +58,8 @@ def export_checkpoint(
 
     variants=True also writes the weight-only quantized fused graphs `int8` and `int4`
     (export/quant/, settings in `quant`; GPTQ calibrates on `calib_texts`, by default the demo
-    corpus' training split) and fails when either costs more perplexity than its budget.
+    corpus' training split) and fails when either costs more perplexity than its budget. A model
+    without a fused graph gets none (the report says why).
     """
     if target not in ("inprocess", "triton"):
         raise ValueError(f"unknown export target {target!r} (inprocess or triton)")
@@ -84,8 +88,14 @@ def export_checkpoint(
         produced = {"fp32": fp32}
         # The graph the in-process engine serves (ONNX Runtime contrib operators, cache updated
         # in place): same weights, checked against PyTorch the way the engine drives it.
-        fused = build_fused_lm_onnx(model, staging / FILES["fused"])
-        report["verification"]["fused"] = verify_fused_lm(model, fused, tolerance)
+        # A config GroupQueryAttention cannot run gets no fused graph: the runner falls back to
+        # the standard one, and the report says why.
+        no_fused = fused_unsupported(cfg)
+        if no_fused:
+            report["fused_skipped"] = no_fused
+        else:
+            fused = build_fused_lm_onnx(model, staging / FILES["fused"])
+            report["verification"]["fused"] = verify_fused_lm(model, fused, tolerance)
         if variants:
             opt = optimize_offline(fp32, staging / FILES["optimized"])
             report["verification"]["optimized"] = verify_lm(model, opt, tolerance)
@@ -98,13 +108,19 @@ def export_checkpoint(
             ckpt.tokenizer, texts, cfg.bos_token_id, min(256, cfg.max_position_embeddings), ppl_tokens
         )
         report["perplexity_tokens"] = sum(len(w) - 1 for w in windows)
-        report["size_bytes"]["fused"] = fused.stat().st_size
+        if not no_fused:
+            report["size_bytes"]["fused"] = fused.stat().st_size
         for variant, path in produced.items():  # standard-contract graphs (fused: verified above)
             report["perplexity"][variant] = perplexity(path, windows, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
             report["size_bytes"][variant] = path.stat().st_size
+        report["timings_s"]["perplexity"] = time.perf_counter() - t
+
+        t = time.perf_counter()
         quantized: dict[str, Path] = {}
-        if variants:
-            quantized, quant_manifest, report["quantization"] = build_quantized_variants(
+        if variants and no_fused:
+            report["quantization"] = {"skipped": f"the quantized variants are fused graphs: {no_fused}"}
+        elif variants:
+            quantized, report["quantization"] = build_quantized_variants(
                 ckpt, fused, staging, quant or QuantConfig(), windows, calib_texts, tolerance
             )
             quality = report["quantization"]["quality"]
@@ -117,39 +133,45 @@ def export_checkpoint(
             report["timings_s"]["quantize"] = time.perf_counter() - t
 
         ckpt.tokenizer.save(str(staging / "tokenizer.json"))
-        manifest = {
-            "kind": "text-generation",
-            "name": name,
-            "files": {k: FILES[k] for k in [*produced, "fused", *quantized]},
-            "graphs": {k: GRAPH_KIND for k in ["fused", *quantized]},
-            "tokenizer": "tokenizer.json",
-            "num_layers": cfg.num_layers,
-            "num_heads": cfg.num_heads,
-            "num_kv_heads": cfg.num_kv_heads,
-            "head_dim": cfg.head_dim,
-            "hidden_size": cfg.hidden_size,
-            "vocab_size": cfg.vocab_size,
-            "max_position_embeddings": cfg.max_position_embeddings,
-            "bos_token_id": cfg.bos_token_id,
-            "eos_token_id": cfg.eos_token_id,
-            "pad_token_id": cfg.pad_token_id,
-            "add_bos": ckpt.add_bos,
-            "generation_defaults": GENERATION_DEFAULTS,
-            "inputs": input_names(cfg.num_layers),
-            "outputs": output_names(cfg.num_layers),
-        }
-        if quantized:
-            manifest["quantization"] = quant_manifest
-        if target == "triton":
-            manifest["triton_model"] = triton_lm_name(name)
+        template = find_chat_template(checkpoint, ckpt.source)
+        if template is not None:
+            (staging / TEMPLATE_FILE).write_text(template)
+        manifest = TextManifest(
+            name=name,
+            files={k: FILES[k] for k in [*produced, *([] if no_fused else ["fused"]), *quantized]},
+            graphs={
+                **{k: STANDARD for k in produced},
+                **({} if no_fused else {"fused": GQA}),
+                **dict.fromkeys(quantized, GQA),
+            },
+            state=attention_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim),
+            vocab_size=cfg.vocab_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            bos_token_id=cfg.bos_token_id,
+            eos_token_ids=tuple(cfg.eos_token_ids),  # every id that ends generation (Llama 3, Qwen: several)
+            pad_token_id=cfg.pad_token_id,
+            add_bos=ckpt.add_bos,
+            generation_defaults=GENERATION_DEFAULTS,
+            chat_template=TEMPLATE_FILE if template is not None else None,
+            special_tokens=special_tokens(checkpoint, ckpt.source),
+            architecture={
+                "family": cfg.family,
+                "num_layers": cfg.num_layers,
+                "num_heads": cfg.num_heads,
+                "num_kv_heads": cfg.num_kv_heads,
+                "head_dim": cfg.head_dim,
+                "hidden_size": cfg.hidden_size,
+            },
+            triton_model=triton_lm_name(name) if target == "triton" else None,
+        )
         if tensorrt:
             from export.tensorrt import build_lm_engine
 
             t = time.perf_counter()
             report["tensorrt"] = build_lm_engine(fp32, staging / VERSION_DIR / "model.plan", cfg, fp16=fp16)
             report["timings_s"]["tensorrt"] = time.perf_counter() - t
-        (staging / "kiln.json").write_text(json.dumps(manifest, indent=2))
-        write_config(staging, lm_onnx_config(name, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size))
+        manifest.write(staging)
+        write_config(staging, lm_onnx_config(name, manifest.state, cfg.vocab_size))
         report["timings_s"]["total"] = time.perf_counter() - started
         report["summary"] = {
             "model": name,

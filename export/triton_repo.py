@@ -14,53 +14,20 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
-LM_MODEL_PY = Path(__file__).parent / "triton_models" / "kiln_lm" / "model.py"
-# Kiln's engine, copied into the python-backend model so the repository is self-contained: the
+from contracts.engine import EngineConfig
+from contracts.manifest import LayerState, TextManifest, new_name, past_name
+from contracts.triton import LM_INPUTS, LM_OUTPUTS, Tensor, triton_lm_name
+from export.vendor import ROOT, closure, imports_of
+
+LM_MODEL_PY = ROOT / "service" / "triton_model" / "model.py"  # a file to copy: it runs inside Triton
+# Kiln's engine is copied into the python-backend model so the repository is self-contained: the
 # stub's environment needs only numpy<2, onnxruntime and tokenizers (never fastapi or torch).
-SERVICE_DIR = Path(__file__).resolve().parent.parent / "service"
-VENDORED_MODULES = (
-    "__init__.py",
-    "errors.py",
-    "engine/__init__.py",
-    "engine/engine.py",
-    "engine/request.py",
-    "engine/sampling.py",
-    "engine/detokenize.py",
-    "engine/observer.py",
-    "backends/__init__.py",
-    "backends/onnxruntime_lm.py",
-)
-# Defaults for the engine inside Triton; edit `parameters` in config.pbtxt to change them.
-LM_ENGINE_PARAMETERS = {
-    "KILN_MAX_BATCH": "8",
-    "KILN_MAX_SEQ_LEN": "512",
-    "KILN_MAX_QUEUE": "64",
-    "KILN_PREFILL_CHUNK": "4",
-    "KILN_PREFILL_CHUNK_TOKENS": "16",
-    "KILN_INTRA_OP_THREADS": "0",
-    "KILN_LM_VARIANT": "fp32",
-}
+VENDORED_PACKAGES = ("service", "contracts")
 
-
-@dataclass(frozen=True)
-class Tensor:
-    name: str
-    dtype: str  # Triton's TYPE_* name
-    dims: tuple[int, ...]
-    optional: bool = False
-    label_filename: str | None = None  # outputs only: Triton's classification labels
-
-    def pbtxt(self) -> str:
-        dims = ", ".join(map(str, self.dims))
-        lines = [f'    name: "{self.name}"', f"    data_type: {self.dtype}", f"    dims: [ {dims} ]"]
-        if self.optional:
-            lines.append("    optional: true")
-        if self.label_filename:
-            lines.append(f'    label_filename: "{self.label_filename}"')
-        return "  {\n" + "\n".join(lines) + "\n  }"
+__all__ = ["Tensor", "model_config", "lm_onnx_config", "lm_python_config", "triton_lm_name", "vendored_files"]
 
 
 def model_config(
@@ -105,84 +72,60 @@ def model_config(
     return "\n".join(out) + "\n"
 
 
-def lm_onnx_config(name: str, num_layers: int, num_kv_heads: int, head_dim: int, vocab_size: int) -> str:
-    """The LM graph as a plain ONNX Runtime model. Batch is an explicit dimension of the KV
-    contract (max_batch_size 0), so Triton's own batcher stays out of the way; KV-cached
+def lm_onnx_config(name: str, state: tuple[LayerState, ...], vocab_size: int) -> str:
+    """The standard LM graph as a plain ONNX Runtime model. Batch is an explicit dimension of the
+    state contract (max_batch_size 0), so Triton's own batcher stays out of the way; KV-cached
     generation on Triton runs through the python-backend entry instead (see docs/triton.md)."""
     inputs = [Tensor(n, "TYPE_INT64", (-1, -1)) for n in ("input_ids", "position_ids", "attention_mask")]
     outputs = [Tensor("logits", "TYPE_FP32", (-1, -1, vocab_size))]
-    for i in range(num_layers):
-        for kind in ("key", "value"):
-            inputs.append(Tensor(f"past_{kind}.{i}", "TYPE_FP32", (-1, num_kv_heads, -1, head_dim)))
-            outputs.append(Tensor(f"new_{kind}.{i}", "TYPE_FP32", (-1, num_kv_heads, -1, head_dim)))
+    for layer in state:
+        for tensor, shape in layer.tensors.items():
+            dims = (-1, *(-1 if isinstance(d, str) else d for d in shape))
+            inputs.append(Tensor(past_name(tensor), "TYPE_FP32", dims))
+            outputs.append(Tensor(new_name(tensor), "TYPE_FP32", dims))
     return model_config(name, inputs, outputs, platform="onnxruntime_onnx", default_model_filename="model.onnx")
 
 
-# The decoupled LM's wire contract: prompt token ids and sampling parameters in; one response
-# per generated token (TOKEN_IDS) and a last one with FINISH_REASON and usage. The gateway
-# tokenizes and detokenizes; the KV cache stays inside the model.
-LM_INPUTS = [
-    Tensor("INPUT_IDS", "TYPE_INT64", (-1,)),
-    Tensor("MAX_NEW_TOKENS", "TYPE_INT32", (1,)),
-    Tensor("TEMPERATURE", "TYPE_FP32", (1,), optional=True),
-    Tensor("TOP_K", "TYPE_INT32", (1,), optional=True),
-    Tensor("TOP_P", "TYPE_FP32", (1,), optional=True),
-    Tensor("REPETITION_PENALTY", "TYPE_FP32", (1,), optional=True),
-    Tensor("SEED", "TYPE_INT64", (1,), optional=True),
-    Tensor("STOP", "TYPE_STRING", (-1,), optional=True),
-    Tensor("IGNORE_EOS", "TYPE_BOOL", (1,), optional=True),
-    Tensor("TIMEOUT_S", "TYPE_FP32", (1,), optional=True),
-    Tensor("LOGPROBS", "TYPE_INT32", (1,), optional=True),
-]
-LM_OUTPUTS = [
-    Tensor("TOKEN_IDS", "TYPE_INT64", (-1,)),
-    Tensor("LOGPROB", "TYPE_FP32", (-1,)),
-    Tensor("TOP_IDS", "TYPE_INT64", (-1,)),
-    Tensor("TOP_LOGPROBS", "TYPE_FP32", (-1,)),
-    Tensor("FINISH_REASON", "TYPE_STRING", (1,)),
-    Tensor("MESSAGE", "TYPE_STRING", (1,)),
-    Tensor("PROMPT_TOKENS", "TYPE_INT32", (1,)),
-    Tensor("COMPLETION_TOKENS", "TYPE_INT32", (1,)),
-    Tensor("QUEUE_MS", "TYPE_FP32", (1,)),
-]
-
-
 def lm_python_config(name: str, parameters: dict[str, str] | None = None) -> str:
-    """Decoupled python-backend model running Kiln's engine (one instance: the engine batches)."""
-    params = {**LM_ENGINE_PARAMETERS, **(parameters or {})}
-    return model_config(name, LM_INPUTS, LM_OUTPUTS, backend="python", decoupled=True, parameters=params)
+    """Decoupled python-backend model running Kiln's engine (one instance: the engine batches).
+    Its `parameters` are the gateway's engine defaults (EngineConfig), overridable per entry."""
+    params = {**EngineConfig().to_parameters(), **(parameters or {})}
+    return model_config(name, list(LM_INPUTS), list(LM_OUTPUTS), backend="python", decoupled=True, parameters=params)
 
 
-def triton_lm_name(name: str) -> str:
-    return f"{name}-triton"
+def vendored_files() -> list[Path]:
+    """Kiln's modules the python model imports, directly or not (relative to the project root)."""
+    entries = {m for m in imports_of(LM_MODEL_PY, "model") if m.split(".")[0] in VENDORED_PACKAGES}
+    return closure(sorted(entries), VENDORED_PACKAGES)
 
 
 def write_lm_python_entry(entry: Path, repository: Path, parameters: dict[str, str] | None = None) -> Path:
     """Write `repository/<name>-triton/` from the in-process entry `entry` (atomic, like export).
 
-    Layout: config.pbtxt; 1/model.py; 1/kiln_vendor/service/... (Kiln's engine); 1/lm/ (kiln.json
-    with paths relative to it, tokenizer.json, the ONNX variants, hard-linked when possible).
+    Layout: config.pbtxt; 1/model.py; 1/kiln_vendor/{service,contracts}/... (the modules of Kiln's
+    engine it imports); 1/lm/ (kiln.json with paths relative to it, tokenizer.json, the ONNX
+    variants, hard-linked when possible).
     """
-    manifest = json.loads((entry / "kiln.json").read_text())
-    name = triton_lm_name(manifest.get("name", entry.name))
+    manifest = TextManifest.read(entry)
+    name = triton_lm_name(manifest.name)
     with staged_entry(repository, name) as staging:
         version = staging / "1"
         lm = version / "lm"
         lm.mkdir(parents=True)
-        files = {}
-        for variant, rel in manifest["files"].items():
+        files: dict[str, str] = {}
+        for variant, rel in manifest.files.items():
             target = lm / Path(rel).name
             _link_or_copy(entry / rel, target)
             weights = (entry / rel).with_name(Path(rel).name + ".data")  # external data of a >2 GB graph
             if weights.exists():
                 _link_or_copy(weights, lm / weights.name)
             files[variant] = target.name
-        _link_or_copy(entry / manifest.get("tokenizer", "tokenizer.json"), lm / "tokenizer.json")
-        (lm / "kiln.json").write_text(json.dumps({**manifest, "files": files, "tokenizer": "tokenizer.json"}, indent=2))
-        for rel in VENDORED_MODULES:
-            dst = version / "kiln_vendor" / "service" / rel
+        _link_or_copy(manifest.path(manifest.tokenizer), lm / "tokenizer.json")
+        replace(manifest, files=files, tokenizer="tokenizer.json", triton_model=None, chat_template=None).write(lm)
+        for module in vendored_files():
+            dst = version / "kiln_vendor" / module
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(SERVICE_DIR / rel, dst)
+            shutil.copyfile(ROOT / module, dst)
         shutil.copyfile(LM_MODEL_PY, version / "model.py")
         write_config(staging, lm_python_config(name, parameters))
     return repository / name

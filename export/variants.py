@@ -51,7 +51,7 @@ def perplexity(onnx_file: Path, windows: list[list[int]], num_layers: int, kv_he
     nll, count = 0.0, 0
     for ids in windows:
         arr = np.array([ids], np.int64)
-        feeds = {
+        feeds: dict[str, np.ndarray] = {
             "input_ids": arr,
             "position_ids": np.arange(len(ids), dtype=np.int64)[None],
             "attention_mask": np.ones_like(arr),

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.models.llama import LlamaLM
+from export.models.decoder import DecoderLM
 
 
 class VerificationError(RuntimeError):
@@ -42,7 +42,7 @@ def _run_both(model, sess, ids, pos, mask, past):  # type: ignore[no-untyped-def
 
 
 def verify_lm(
-    model: LlamaLM, onnx_file: Path, tolerance: float = 1e-4, seed: int = 0, raise_on_fail: bool = True
+    model: DecoderLM, onnx_file: Path, tolerance: float = 1e-4, seed: int = 0, raise_on_fail: bool = True
 ) -> dict:
     """Max |Δ| per phase; raises VerificationError when logits differ by more than `tolerance`."""
     cfg = model.config
@@ -105,7 +105,7 @@ def _fused_call(
     return b.get_outputs()[0].numpy()
 
 
-def verify_fused_lm(model: LlamaLM, onnx_file: Path, tolerance: float = 1e-4, seed: int = 0) -> dict:
+def verify_fused_lm(model: DecoderLM, onnx_file: Path, tolerance: float = 1e-4, seed: int = 0) -> dict:
     """Check the fused graph (export/fused_graph.py) the way the engine drives it.
 
     Two rows of a shared cache whose unused columns hold garbage: row 0 prefilled in one
@@ -165,7 +165,7 @@ def verify_fused_lm(model: LlamaLM, onnx_file: Path, tolerance: float = 1e-4, se
     worst = max(ph["max_abs_logits"] for ph in phases.values())
     worst_kv = max(ph["max_abs_kv"] for ph in phases.values())
     passed = worst <= tolerance and worst_kv <= tolerance
-    report = {"tolerance": tolerance, "max_abs_logits": worst, "max_abs_kv": worst_kv, "passed": passed}
+    report: dict = {"tolerance": tolerance, "max_abs_logits": worst, "max_abs_kv": worst_kv, "passed": passed}
     report["phases"] = phases
     if not passed:
         raise VerificationError(f"{onnx_file.name}: max |Δlogits| {worst:.3g}, |Δkv| {worst_kv:.3g}: {phases}")

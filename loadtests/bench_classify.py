@@ -96,9 +96,9 @@ def main() -> None:
     import torch
     from PIL import Image
 
+    from contracts.aggregate import aggregate, softmax
+    from contracts.vision import make_views
     from export.vision.checkpoint import load_vision_checkpoint
-    from service.vision.aggregate import aggregate, softmax
-    from service.vision.views import make_views
 
     model_dir = Path(args.repository) / args.name
     ckpt = load_vision_checkpoint(args.checkpoint)

@@ -261,28 +261,25 @@ def worker_ort_genai(model: dict, prompts: list[dict], batches: list[int], new: 
 
 
 def worker_kiln(model: dict, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:
+    from dataclasses import replace
+
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from service.backends.onnxruntime_lm import LMManifest, make_runner
-    from service.engine.engine import GenerationEngine
+    from contracts.manifest import TextManifest
+    from service.engine.build import build_text_engine
     from service.engine.request import FinishEvent, GenerationRequest
     from service.engine.sampling import SamplingParams
     from service.settings import Settings
 
-    settings = Settings()  # the server's defaults (KV slots, positions, prefill chunk)
-    manifest = LMManifest.load(Path(model["kiln_model"]), settings.lm_variant)  # the graph `kiln serve` runs
-    runner = make_runner(manifest, max(max(batches), settings.max_batch), settings.max_seq_len, threads)
-    tok = Tokenizer.from_file(str(manifest.tokenizer_file))
-    engine = GenerationEngine(
-        runner,
-        decode=lambda ids: tok.decode(list(ids), skip_special_tokens=True),
-        eos_token_id=manifest.eos_token_id,
-        vocab_size=manifest.vocab_size,
-        max_queue=settings.max_queue,
-        prefill_chunk=settings.prefill_chunk,
-        prefill_tokens=settings.prefill_chunk_tokens,
-    )
+    # The server's defaults (slots, positions, prefill chunk, the graph `kiln serve` runs), built the
+    # way the gateway builds its engine.
+    config = Settings().engine_config()
+    config = replace(config, max_batch=max(max(batches), config.max_batch), intra_op_threads=threads)
+    manifest = TextManifest.read(Path(model["kiln_model"]))
+    tok = Tokenizer.from_file(str(manifest.path(manifest.tokenizer)))
+    engine = build_text_engine(manifest, config, decode=lambda ids: tok.decode(list(ids), skip_special_tokens=True))
+    runner = engine.runner
     engine.start()
 
     def run(batch: int, n_new: int) -> dict:
@@ -374,28 +371,23 @@ def worker_profile(model: dict, prompts: list[dict], batches: list[int], new: in
     from collections import Counter, defaultdict
 
     import onnx
-    import onnxruntime as ort
 
-    from service.backends.onnxruntime_lm import LMManifest, make_runner
+    from contracts.manifest import TextManifest
+    from service.backends.onnxruntime_lm import make_runner
     from service.settings import Settings
 
-    manifest = LMManifest.load(Path(model["kiln_model"]), Settings().lm_variant)
+    manifest = TextManifest.read(Path(model["kiln_model"]))
+    variant = Settings().lm_variant
+    kiln_graph = manifest.graph(variant).path
     out: dict = {"graphs": {}, "steps": {}}
-    for label, path in (("kiln", manifest.onnx_file), ("ort-genai", Path(model["ort_genai"]) / "model.onnx")):
+    for label, path in (("kiln", kiln_graph), ("ort-genai", Path(model["ort_genai"]) / "model.onnx")):
         if path.exists():
             graph = onnx.load(str(path), load_external_data=False).graph
             ops = Counter(n.op_type for n in graph.node if n.op_type != "Constant")
             out["graphs"][label] = {"nodes": sum(ops.values()), "top": ops.most_common(6)}
     for batch in batches:
-        runner = make_runner(manifest, max(batches), 512, threads)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"kiln-bench-profile-{os.getpid()}")
-        runner.session = ort.InferenceSession(str(manifest.onnx_file), opts, providers=["CPUExecutionProvider"])
-        runner._binding = runner.session.io_binding()
-        runner._prefill_binding = runner.session.io_binding()
+        prefix = str(Path(tempfile.gettempdir()) / f"kiln-bench-profile-{os.getpid()}")
+        runner = make_runner(manifest, variant, max(batches), 512, threads, profile_prefix=prefix)
         for row in range(batch):
             runner.prefill(row, prompts[row]["ids"])
         last = np.full(batch, 5, np.int64)

@@ -111,9 +111,9 @@ def workers(worker_kiln: Callable[..., dict], worker_ort_genai: Callable[..., di
         def run(model: dict, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:
             os.environ["KILN_LM_VARIANT"] = variant  # worker_kiln serves Settings().lm_variant, as `kiln serve`
             out = worker_kiln({**model, "kiln_model": model["kiln_quant_model"]}, prompts, batches, new, threads)
-            from service.backends.onnxruntime_lm import LMManifest
+            from contracts.manifest import TextManifest
 
-            chosen = LMManifest.load(Path(model["kiln_quant_model"]), variant).onnx_file.name
+            chosen = TextManifest.read(Path(model["kiln_quant_model"])).graph(variant).path.name
             return {**out, "graph": chosen}
 
         return run

@@ -36,24 +36,25 @@ def _status_mb(key: str) -> float:
 def worker(entry: Path, variant: str, max_batch: int, max_seq_len: int, threads: int) -> dict:
     import numpy as np
 
-    from service.backends.onnxruntime_lm import LMManifest, kv_cache_bytes, make_runner
+    from contracts.manifest import TextManifest
+    from service.backends.onnxruntime_lm import make_runner
 
-    if variant not in json.loads((entry / "kiln.json").read_text())["files"]:
-        raise SystemExit(f"{entry} has no {variant!r} graph")  # LMManifest.load would fall back to fp32
-    manifest = LMManifest.load(entry, variant)
+    manifest = TextManifest.read(entry)
+    if variant not in manifest.files:
+        raise SystemExit(f"{entry} has no {variant!r} graph")  # manifest.graph would fall back to fp32
+    graph = manifest.graph(variant)
     before = _status_mb("VmRSS")
-    runner = make_runner(manifest, max_batch, max_seq_len, threads)
+    runner = make_runner(manifest, variant, max_batch, max_seq_len, threads)
     loaded = _status_mb("VmRSS")
     logits = runner.prefill(0, [manifest.bos_token_id, *range(40, 72)])
     for _ in range(16):
         logits = runner.decode(np.array([int(np.argmax(logits))]))[0]
-    m = manifest
-    cache = kv_cache_bytes(m.num_layers, m.num_kv_heads, m.head_dim, max_batch, runner.max_seq_len) / 2**20
+    cache = runner.cache_bytes / 2**20
     after = _status_mb("VmRSS")
     return {
         "variant": variant,
-        "file": manifest.onnx_file.name,
-        "file_mb": manifest.onnx_file.stat().st_size / 2**20,
+        "file": graph.path.name,
+        "file_mb": graph.path.stat().st_size / 2**20,
         "rss_before_mb": before,
         "rss_loaded_mb": loaded,
         "rss_after_mb": after,

@@ -5,9 +5,9 @@ Keys come from `KILN_API_KEYS` (comma-separated) and/or `KILN_API_KEYS_FILE` (on
 gateway is open. Keys are compared in constant time and never logged: the only thing that
 identifies a caller in logs and metrics is a short SHA-256 fingerprint.
 
-The caller is kept in a context variable set by the HTTP middleware (or the gRPC handler
-wrapper), so the registry can refuse a model the key may not use without every route having
-to pass the caller along.
+Transports authenticate (service/http/middleware.py, service/rpc/interceptor.py) and keep the
+principal in a context variable for the request; the data plane's `Caller` carries it to the
+entitlement check.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import KilnError
-
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Unauthenticated(KilnError):
@@ -100,39 +98,3 @@ class ApiKeys:
         if found is None:
             raise Unauthenticated("the API key is not valid", code="invalid_api_key")
         return found
-
-
-def authorize_model(name: str) -> None:
-    """Raise Forbidden when the current caller's key may not use `name`."""
-    principal = current_principal.get()
-    if principal is not None and not principal.may_use(name):
-        raise Forbidden(f"this API key may not use model {name!r}")
-
-
-class AuthMiddleware:
-    """Pure ASGI: authenticate every HTTP request except health and metrics."""
-
-    def __init__(self, app, keys: ApiKeys) -> None:  # type: ignore[no-untyped-def]
-        self.app = app
-        self.keys = keys
-
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in EXEMPT_PATHS:
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        try:
-            principal = self.keys.authenticate(_header(headers, b"authorization"), _header(headers, b"x-api-key"))
-        except Unauthenticated as exc:
-            from service.app import error_response
-
-            return await error_response(exc)(scope, receive, send)
-        token = current_principal.set(principal)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            current_principal.reset(token)
-
-
-def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
-    value = headers.get(name)
-    return value.decode("latin-1") if value is not None else None

@@ -16,14 +16,14 @@ class Metrics(EngineObserver):
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "kiln_requests_total",
-            "Requests by route, status and protocol.",
-            ["route", "status", "protocol"],
+            "Requests by route, status, protocol and task (text-generation, image-classification, control).",
+            ["route", "status", "protocol", "task"],
             registry=r,
         )
         self.latency = Histogram(
             "kiln_request_duration_seconds",
             "End-to-end request latency.",
-            ["route"],
+            ["route", "task"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

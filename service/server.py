@@ -37,7 +37,7 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit(sig, frame)))
 
     async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
-        registry = self.config.app.state.registry
+        registry = self.config.app.state.registry  # type: ignore[union-attr]  # Kiln's FastAPI app
         registry.begin_drain()
         deadline = time.monotonic() + self.drain_s
         log.info("SIGTERM: draining %d request(s) for up to %.1fs", registry.busy, self.drain_s)

@@ -12,6 +12,10 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.engine import EngineConfig, Variant
+
+ENGINE = EngineConfig()  # the engine's defaults, shared with the Triton model and the benchmark
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
@@ -31,26 +35,42 @@ class Settings(BaseSettings):
     triton_retries: int = Field(3, ge=0, le=10, description="Retries (with backoff) before a request gives 503.")
     triton_backoff_s: float = Field(0.2, gt=0, description="First retry delay; doubles per retry.")
     triton_timeout_s: float = Field(30.0, gt=0, description="Longest wait for Triton's next response before 503.")
-    lm_variant: Literal["fused", "fp32", "optimized", "int8", "int4"] = Field(
-        "fused", description="Which exported LM graph to run (falls back to fp32 if absent)."
+    lm_variant: Variant = Field(
+        ENGINE.lm_variant, description="Which exported LM graph to run (falls back to fp32 if absent)."
     )
-    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = one per core).")
+    intra_op_threads: int = Field(
+        ENGINE.intra_op_threads, description="ONNX Runtime intra-op threads (0 = one per core)."
+    )
 
-    # Engine: preallocated KV cache of max_batch slots x max_seq_len positions.
-    max_batch: int = Field(8, ge=1, le=256, description="Concurrent sequences (KV cache slots).")
-    max_seq_len: int = Field(512, ge=16, description="Positions per KV slot (prompt + generated).")
-    max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 429.")
+    # Engine: preallocated state (KV cache) of max_batch slots x max_seq_len positions.
+    max_batch: int = Field(ENGINE.max_batch, ge=1, le=256, description="Concurrent sequences (state slots).")
+    max_seq_len: int = Field(ENGINE.max_seq_len, ge=16, description="Positions per slot (prompt + generated).")
+    max_queue: int = Field(ENGINE.max_queue, ge=0, description="Requests waiting for a slot before 429.")
     prefill_chunk: int = Field(
-        8, ge=1, description="Waiting requests admitted per engine step (an idle engine prefills a burst at once)."
+        ENGINE.prefill_chunk,
+        ge=1,
+        description="Waiting requests admitted per engine step (an idle engine prefills a burst at once).",
     )
     prefill_chunk_tokens: int = Field(
-        16, ge=1, description="Prompt tokens prefilled per engine step while others decode (chunked prefill)."
+        ENGINE.prefill_chunk_tokens,
+        ge=1,
+        description="Prompt tokens prefilled per engine step while others decode (chunked prefill).",
+    )
+
+    # Chat (POST /v1/chat/completions).
+    chat_template: Path | None = Field(
+        None, description="A Jinja chat template file that replaces every model's own template."
+    )
+    default_chat_template: str | None = Field(
+        None, description="Template for models without one: a file, or `chatml` (built in). Unset: 400."
     )
 
     # Request limits.
     max_new_tokens_limit: int = Field(1024, ge=1, description="Largest accepted max_new_tokens.")
     max_prompt_chars: int = Field(32_768, ge=1, description="Largest accepted prompt, in characters.")
-    max_stop_strings: int = Field(8, ge=0)
+    max_stop_strings: int = Field(8, ge=0, description="Most stop strings per request.")
+    max_stop_token_ids: int = Field(16, ge=0, description="Most stop token ids per request.")
+    max_logit_bias: int = Field(300, ge=0, description="Most entries in a request's logit_bias.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body.")
     max_header_bytes: int = Field(16_384, ge=1024, description="Largest accepted total size of request headers.")
     default_timeout_s: float | None = Field(None, description="Deadline for requests that give none.")
@@ -75,10 +95,16 @@ class Settings(BaseSettings):
     image_formats: str = Field("PNG,JPEG,WEBP,BMP,GIF", description="Accepted image formats (415 otherwise).")
 
     drain_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM.")
-    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429.")
+    retry_after_s: int = Field(ENGINE.retry_after_s, ge=1, description="Retry-After sent with 429.")
     fault_step_delay_ms: float = Field(
-        0.0, ge=0, description="Fault injection: extra delay per engine step (tests, load drills). Keep 0."
+        ENGINE.fault_step_delay_ms,
+        ge=0,
+        description="Fault injection: extra delay per engine step (tests, load drills). Keep 0.",
     )
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's part of these settings (the same dataclass Triton's model is built from)."""
+        return EngineConfig(**{name: getattr(self, name) for name in EngineConfig.__dataclass_fields__})
 
 
 @lru_cache

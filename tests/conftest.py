@@ -24,22 +24,14 @@ def build_tiny_lm_repo(
     import torch
 
     from export.checkpoint import save_checkpoint
-    from export.models.llama import LlamaConfig, LlamaLM
+    from export.models.llama import LlamaLM
     from export.pipeline import export_checkpoint
     from export.tokenizer import train_tokenizer
+    from tests.models import tiny_llama_config
 
     tokenizer = train_tokenizer(TINY_TEXT * 5, vocab_size=320)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=256,
-    )
-    model = LlamaLM(cfg).eval()
+    model = LlamaLM(tiny_llama_config(tokenizer.get_vocab_size(), max_position_embeddings=256)).eval()
     ckpt = save_checkpoint(model, tokenizer, root / "checkpoints" / name)
     repo = root / "model_repository"
     export_checkpoint(ckpt, repo, name, variants=variants, val_texts=TINY_TEXT, calib_texts=TINY_TEXT, target=target)
@@ -123,3 +115,6 @@ def wait_ready(client, timeout: float = 60.0) -> None:  # type: ignore[no-untype
             return
         time.sleep(0.05)
     raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")
+
+
+from tests.families import family_zoo  # noqa: E402,F401 - session fixture: one tiny checkpoint per HF family

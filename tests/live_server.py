@@ -38,7 +38,7 @@ class Server:
             **env,
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             env=full_env,
             stdout=subprocess.PIPE if capture_output else None,
             stderr=subprocess.STDOUT if capture_output else None,
@@ -65,6 +65,12 @@ class Server:
         raise KeyError(name)
 
     def stop(self) -> None:
+        """SIGTERM first: the server drains (idle: at once) and exits 0, so a coverage run records
+        what it executed; SIGKILL only if it does not stop in time."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

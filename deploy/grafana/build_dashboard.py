@@ -15,7 +15,7 @@ OUT = Path(__file__).with_name("kiln-dashboard.json")
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 GW = 'namespace="$namespace", job="kiln-gateway"'
 TR = 'namespace="$namespace", job="kiln-triton"'
-API_ROUTES = 'route=~"/generate|/v1/completions"'
+API_ROUTES = 'task="text-generation"'  # every generation route, REST, OpenAI and gRPC
 RATE = "[$__rate_interval]"
 
 
@@ -88,7 +88,7 @@ ROWS = [
                 12,
                 [
                     q(
-                        srate("kiln_requests_total", f'{GW}, route!~"/healthz|/readyz|/metrics"', by="route, status"),
+                        srate("kiln_requests_total", f'{GW}, task!="control"', by="route, status"),
                         "{{route}} {{status}}",
                     )
                 ],

@@ -23,7 +23,7 @@ class QuantConfig:
     """Settings of the `int8` and `int4` variants (defaults measured on the demo LM, docs/quantization.md).
 
     block_size: weights per scale (and zero point) along the input dimension; a power of two
-        ≥ 16 dividing hidden_size and intermediate_size.
+        ≥ 16 dividing every projection's input size (hidden, heads x head_dim, intermediate).
     symmetric: codes centred on the fixed zero point 2^(bits-1) (no zero-point tensor) rather
         than a fitted zero point per block.
     accuracy_level: MatMulNBits' compute type for the activations; 4 quantizes each activation
@@ -75,14 +75,16 @@ class QuantConfig:
     def budget_pct(self, variant: str) -> float:
         return {"int8": self.int8_budget_pct, "int4": self.int4_budget_pct}[variant]
 
-    def check_shapes(self, hidden_size: int, intermediate_size: int) -> None:
-        """Every quantized matrix is blocked along hidden_size or intermediate_size."""
-        for key, dim in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size)):
-            if dim % self.block_size:
-                raise QuantConfigError(
-                    f"quant.block_size {self.block_size} (--quant-block-size) does not divide the model's "
-                    f"{key} {dim}; choose a block size that divides both {hidden_size} and {intermediate_size}"
-                )
+    def check_shapes(self, inputs: dict[str, int]) -> None:
+        """Every quantized matrix is blocked along its input dimension (`inputs`: weight → size)."""
+        bad = {name: k for name, k in inputs.items() if k % self.block_size}
+        if bad:
+            name, k = next(iter(bad.items()))
+            raise QuantConfigError(
+                f"quant.block_size {self.block_size} (--quant-block-size) does not divide the input dimension "
+                f"{k} of {name} ({len(bad)} weight(s) alike); choose a block size dividing "
+                f"{sorted(set(inputs.values()))}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from export.models.llama import LlamaLM
+from export.models.decoder import DecoderLM
 from export.quant.blocks import BlockQuant, from_codes
+from export.quant.targets import fused_targets
 
 LAZY_COLUMNS = 128  # channels updated together before the rest of the matrix is touched
 
@@ -49,35 +50,27 @@ def calibration_windows(
     return windows
 
 
-def input_modules(model: LlamaLM) -> dict[str, torch.nn.Module]:
-    """Fused-graph weight name (export/fused_graph.py) → the module whose input feeds that MatMul."""
-    out: dict[str, torch.nn.Module] = {}
-    for i, layer in enumerate(model.layers):
-        p = f"layers.{i}."
-        out[p + "qkv"] = layer.self_attn.q_proj  # q, k and v read the same normed input
-        out[p + "o"] = layer.self_attn.o_proj
-        out[p + "gate"] = layer.mlp.gate_proj
-        out[p + "up"] = layer.mlp.up_proj  # same input as gate: one Hessian, collected twice
-        out[p + "down"] = layer.mlp.down_proj
-    return out
+def collect_hessians(model: DecoderLM, windows: Iterable[list[int]], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """H = XᵀX / rows for the inputs of the named fused-graph MatMuls, over the calibration windows.
 
-
-def collect_hessians(model: LlamaLM, windows: Iterable[list[int]], names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """H = XᵀX / rows for the inputs of the named fused-graph MatMuls, over the calibration windows."""
-    modules = input_modules(model)
-    sums: dict[str, torch.Tensor] = {}
-    rows: dict[str, int] = {}
-    hooks = []
+    Weights that read the same input (packed or separate q/k/v, gate and up) share one Hessian.
+    """
+    targets = fused_targets(model)
+    by_module: dict[int, list[str]] = {}
+    modules: dict[int, torch.nn.Linear] = {}
     for name in names:
-        module = modules[name]
-        size = module.in_features
-        sums[name] = torch.zeros(size, size, dtype=torch.float64)
-        rows[name] = 0
+        module = targets[name].input
+        by_module.setdefault(id(module), []).append(name)
+        modules[id(module)] = module
+    sums = {key: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for key, m in modules.items()}
+    rows = dict.fromkeys(modules, 0)
+    hooks = []
+    for key, module in modules.items():
 
-        def hook(_mod: torch.nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
+        def hook(_mod: torch.nn.Module, args: tuple[torch.Tensor, ...], key: int = key) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-            sums[name] += x.T @ x
-            rows[name] += x.shape[0]
+            sums[key] += x.T @ x
+            rows[key] += x.shape[0]
 
         hooks.append(module.register_forward_pre_hook(hook))
     try:
@@ -87,7 +80,7 @@ def collect_hessians(model: LlamaLM, windows: Iterable[list[int]], names: Sequen
     finally:
         for h in hooks:
             h.remove()
-    return {name: sums[name] / max(rows[name], 1) for name in names}
+    return {name: sums[key] / max(rows[key], 1) for key, group in by_module.items() for name in group}
 
 
 def gptq_quantize(

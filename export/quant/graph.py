@@ -45,12 +45,13 @@ def quantize_fused_graph(
     """Write `src` with the planned MatMul weights and the embedding quantized.
 
     `plan` maps MatMul weight names to their quantized form; `embed` is the embedding table's
-    (as a [H, V] weight): pass `plan["lm_head"]` itself to share a tied head's codes.
+    (as a [H, V] weight): one holding `plan["lm_head"]`'s packed codes shares them (its scales may
+    differ, as Gemma's embedding scale folds into them).
     """
     proto = onnx.load(str(src))
     graph = proto.graph
     hidden = embed.k
-    shared = plan.get(HEAD) is embed
+    shared = HEAD in plan and embed.packed is plan[HEAD].packed  # a tied head: one copy of the codes
     new_inits: list[onnx.TensorProto] = []
     stored: set[str] = set()
 

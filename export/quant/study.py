@@ -122,9 +122,7 @@ def run_study(entry: Path, checkpoint: Path, ppl_tokens: int = 8192) -> dict:
         paths = {"fp32": fused}
         for label, (what, overrides, algo) in KILN_CANDIDATES.items():
             cfg = replace(base, **overrides)
-            plan, embed = plan_weights(
-                weights, projections, hessians, 4, algo, cfg.head_bits, mcfg.tie_word_embeddings, cfg
-            )
+            plan, embed = plan_weights(weights, projections, hessians, 4, algo, cfg.head_bits, mcfg, cfg)
             paths[label] = quantize_fused_graph(fused, Path(tmp) / f"{label}.onnx", plan, embed, cfg.accuracy_level)
             study["candidates"][label] = {"description": what, "config": {**cfg.to_dict(), "int4_algorithm": algo}}
         feeds = _prefill_feeds(calib, mcfg.num_layers, mcfg.num_kv_heads, mcfg.head_dim)

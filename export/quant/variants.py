@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +29,19 @@ import onnx
 import torch
 
 from export.checkpoint import Checkpoint
-from export.models.llama import LlamaLM
+from export.models.config import DecoderConfig
+from export.models.decoder import DecoderLM
 from export.quant.blocks import BlockQuant, dequantize, quantize_rtn
 from export.quant.config import QuantConfig
 from export.quant.gptq import calibration_windows, collect_hessians, gptq_quantize
 from export.quant.graph import EMBED, HEAD, fused_weights, quantize_fused_graph, save, with_accuracy_level
 from export.quant.quality import check_budgets, fused_quality
+from export.quant.targets import fused_targets
 from export.verify import verify_fused_lm
 
 FILES = {"int8": "1/model.int8.onnx", "int4": "1/model.int4.onnx"}
 REFERENCE = "fp32"  # the fp32 fused graph, in the quality table
 CALIBRATION_WINDOW = 256
-# kiln.json `quantization.<variant>`: how the served graph was made (informative; the runner needs none)
-MANIFEST_KEYS = ("bits", "algorithm", "head_bits", "embedding_bits", "block_size", "symmetric", "accuracy_level")
 
 
 def build_quantized_variants(
@@ -51,13 +52,13 @@ def build_quantized_variants(
     windows: list[list[int]],
     calib_texts: Sequence[str] | None,
     tolerance: float,
-) -> tuple[dict[str, Path], dict[str, dict], dict]:
-    """Write `int8` and `int4` into `staging`; returns (files, manifest entries, report section)."""
+) -> tuple[dict[str, Path], dict]:
+    """Write `int8` and `int4` into `staging`; returns (files, report section)."""
     model, mcfg = ckpt.model, ckpt.config
-    cfg.check_shapes(mcfg.hidden_size, mcfg.intermediate_size)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     weights = fused_weights(fused_file)
+    cfg.check_shapes({name: w.shape[0] for name, w in weights.items() if name != EMBED})
     projections = [name for name in weights if name not in (HEAD, EMBED)]
     specs = {"int8": (8, "rtn", 8), "int4": (4, cfg.int4_algorithm, cfg.head_bits)}
     if cfg.int4_algorithm != "rtn":
@@ -79,15 +80,12 @@ def build_quantized_variants(
     timings["calibrate"] = time.perf_counter() - t
 
     files: dict[str, Path] = {}
-    manifest: dict[str, dict] = {}
     section: dict = {"config": cfg.to_dict(), "reference": REFERENCE, "calibration": calibration, "variants": {}}
     with tempfile.TemporaryDirectory(prefix="kiln-quant-") as tmp:
         paths = {REFERENCE: fused_file}
         for variant, (bits, algo, head_bits) in specs.items():
             t = time.perf_counter()
-            plan, embed = plan_weights(
-                weights, projections, hessians, bits, algo, head_bits, mcfg.tie_word_embeddings, cfg
-            )
+            plan, embed = plan_weights(weights, projections, hessians, bits, algo, head_bits, mcfg, cfg)
             dst = staging / FILES[variant] if variant in FILES else Path(tmp) / f"{variant}.onnx"
             quantize_fused_graph(fused_file, dst, plan, embed, cfg.accuracy_level)
             timings[f"quantize_{variant}"] = time.perf_counter() - t
@@ -100,7 +98,7 @@ def build_quantized_variants(
                 "algorithm": algo,
                 "head_bits": head_bits,
                 "embedding_bits": embed.bits,
-                "tied_embedding_shared": plan[HEAD] is embed,
+                "tied_embedding_shared": embed.packed is plan[HEAD].packed,
                 "block_size": cfg.block_size,
                 "symmetric": cfg.symmetric,
                 "accuracy_level": cfg.accuracy_level,
@@ -114,7 +112,6 @@ def build_quantized_variants(
             paths[variant] = dst
             if variant in FILES:
                 files[variant] = dst
-                manifest[variant] = {k: info[k] for k in MANIFEST_KEYS}
         t = time.perf_counter()
         measured = fused_quality(paths, windows, mcfg.num_layers, mcfg.num_kv_heads, mcfg.head_dim, REFERENCE)
         timings["quality"] = time.perf_counter() - t
@@ -125,7 +122,7 @@ def build_quantized_variants(
         "int4": (cfg.int4_budget_pct, "--int4-ppl-budget / int4_budget_pct"),
     }
     section["budget"] = check_budgets(measured, budgets, REFERENCE)
-    return files, manifest, section
+    return files, section
 
 
 def plan_weights(
@@ -135,9 +132,10 @@ def plan_weights(
     bits: int,
     algorithm: str,
     head_bits: int,
-    tied: bool,
+    model_cfg: DecoderConfig,
     cfg: QuantConfig,
 ) -> tuple[dict[str, BlockQuant], BlockQuant]:
+    """Every weight's quantized form, and the embedding table's (a tied head's codes, shared)."""
     plan: dict[str, BlockQuant] = {}
     for name in projections:
         if algorithm == "gptq":
@@ -146,42 +144,29 @@ def plan_weights(
             )
         else:
             plan[name] = quantize_rtn(weights[name], bits, cfg.block_size, cfg.symmetric)
-    plan[HEAD] = quantize_rtn(weights[HEAD], head_bits, cfg.block_size, cfg.symmetric)
-    embed = (
-        plan[HEAD]
-        if tied
-        else quantize_rtn(np.ascontiguousarray(weights[EMBED].T), head_bits, cfg.block_size, cfg.symmetric)
-    )
-    return plan, embed
+    head = plan[HEAD] = quantize_rtn(weights[HEAD], head_bits, cfg.block_size, cfg.symmetric)
+    if not model_cfg.tie_word_embeddings:
+        table = np.ascontiguousarray(weights[EMBED].T)  # as a [hidden, vocab] weight
+        return plan, quantize_rtn(table, head_bits, cfg.block_size, cfg.symmetric)
+    # The fused graph's table is the head times embed_scale (Gemma): the same codes, scaled scales.
+    scale = np.float32(model_cfg.embed_scale)
+    return plan, replace(head, scales=head.scales * scale) if scale != 1 else head
 
 
-def dequantized_model(model: LlamaLM, plan: dict[str, BlockQuant], embed: BlockQuant) -> LlamaLM:
+def dequantized_model(model: DecoderLM, plan: dict[str, BlockQuant], embed: BlockQuant) -> DecoderLM:
     """A copy of `model` holding exactly the weights the quantized graph computes with."""
     ref = copy.deepcopy(model).eval()  # deepcopy keeps a tied head tied
-
-    def put(param: torch.nn.Parameter, value: np.ndarray) -> None:
-        param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
-
-    with torch.no_grad():
-        for i, layer in enumerate(ref.layers):
-            p = f"layers.{i}."
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv = dequantize(plan[p + "qkv"]).T
-            nq, nk = attn.q_proj.out_features, attn.k_proj.out_features
-            put(attn.q_proj.weight, qkv[:nq])
-            put(attn.k_proj.weight, qkv[nq : nq + nk])
-            put(attn.v_proj.weight, qkv[nq + nk :])
-            put(attn.o_proj.weight, dequantize(plan[p + "o"]).T)
-            put(mlp.gate_proj.weight, dequantize(plan[p + "gate"]).T)
-            put(mlp.up_proj.weight, dequantize(plan[p + "up"]).T)
-            put(mlp.down_proj.weight, dequantize(plan[p + "down"]).T)
-        put(ref.embed_tokens.weight, dequantize(embed).T)
-        if not ref.config.tie_word_embeddings:
-            put(ref.lm_head.weight, dequantize(plan[HEAD]).T)
+    targets = fused_targets(ref)
+    for name, q in plan.items():
+        targets[name].put(dequantize(q))  # a tied head: the embedding table too
+    if not ref.config.tie_word_embeddings:  # the graph's table carries embed_scale, the model applies it
+        table = dequantize(embed).T / np.float32(ref.config.embed_scale)
+        with torch.no_grad():
+            ref.embed_tokens.weight.copy_(torch.from_numpy(np.ascontiguousarray(table)))
     return ref
 
 
-def verify_quantized(reference: LlamaLM, graph: Path, tmp: Path, tolerance: float, cfg: QuantConfig) -> dict:
+def verify_quantized(reference: DecoderLM, graph: Path, tmp: Path, tolerance: float, cfg: QuantConfig) -> dict:
     """The exact twin (fp32 compute) to `tolerance`, then the served graph to served_rtol × max |logit|."""
     twin = tmp / f"{graph.stem}.exact.onnx"
     save(with_accuracy_level(graph, 0), twin)
@@ -195,7 +180,7 @@ def verify_quantized(reference: LlamaLM, graph: Path, tmp: Path, tolerance: floa
     return out
 
 
-def _logit_scale(model: LlamaLM, seed: int = 0) -> float:
+def _logit_scale(model: DecoderLM, seed: int = 0) -> float:
     """max |logit| of the reference over random tokens (what the served tolerance is relative to)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, model.config.vocab_size, (2, 16), generator=gen)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from service.vision.aggregate import aggregate, prediction_set, softmax, temper
+from contracts.aggregate import aggregate, prediction_set, softmax, temper
 
 Aggregate = Callable[[np.ndarray], np.ndarray]
 

@@ -17,11 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from contracts.manifest import VISION_KIND
+from contracts.vision import PreprocessContract
 from export.vision.compat import import_timm
 from export.vision.vit import ViT, ViTConfig
-from service.vision.views import Contract
 
-KIND = "image-classification"
+KIND = VISION_KIND  # a classifier checkpoint's config.json says so, like its kiln.json
 
 
 class VisionCheckpointError(ValueError):
@@ -31,7 +32,7 @@ class VisionCheckpointError(ValueError):
 @dataclass
 class VisionCheckpoint:
     model: nn.Module
-    contract: Contract
+    contract: PreprocessContract
     path: Path
     arch: str
     meta: dict = field(default_factory=dict)
@@ -48,7 +49,7 @@ def build_model(arch: str, spec: dict) -> nn.Module:
 
 
 def save_vision_checkpoint(
-    model: nn.Module, arch: str, spec: dict, contract: Contract, out: str | Path, **meta: object
+    model: nn.Module, arch: str, spec: dict, contract: PreprocessContract, out: str | Path, **meta: object
 ) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,4 +91,6 @@ def load_vision_checkpoint(path: str | Path, weights: str | Path | None = None) 
             f"{weights}: weights do not match {config['arch']} (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     meta = {k: v for k, v in config.items() if k not in ("kind", "arch", "model", "preprocess")}
-    return VisionCheckpoint(model.eval(), Contract.from_dict(config["preprocess"]), path, config["arch"], meta)
+    return VisionCheckpoint(
+        model.eval(), PreprocessContract.from_dict(config["preprocess"]), path, config["arch"], meta
+    )

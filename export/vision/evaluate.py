@@ -15,28 +15,30 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.aggregate import AGGREGATIONS
+from contracts.calibration import Calibration
+from contracts.manifest import VisionManifest, read_json
+from contracts.vision import PreprocessContract
 from export.vision.calibration import ece, image_probs, set_metrics
 from export.vision.data import make_scenes
 from export.vision.run import PIPELINES, session, view_logits
-from service.vision.aggregate import AGGREGATIONS
-from service.vision.views import Contract
 
 BEGIN, END = "<!-- eval:begin -->", "<!-- eval:end -->"
 
 
 def evaluate(model_dir: Path, per_source: int = 2, source_limit: int | None = None, k: int = 3) -> dict:
-    manifest = json.loads((model_dir / "kiln.json").read_text())
-    contract = Contract.from_dict(json.loads((model_dir / manifest.get("preprocess", "preprocess.json")).read_text()))
-    calibration = json.loads((model_dir / manifest["calibration"]).read_text()) if "calibration" in manifest else None
-    fitted = (calibration or {}).get("fitted_on", {})
+    manifest = VisionManifest.read(model_dir)
+    contract = PreprocessContract.from_dict(read_json(manifest.path(manifest.preprocess)))
+    calibration = Calibration.read(manifest.path(manifest.calibration)) if manifest.calibration else None
+    fitted = calibration.fitted_on if calibration else {}
     seed = int(fitted.get("seed", 0))
     grid, overlap = int(fitted.get("grid", 3)), float(fitted.get("overlap", 0.25))
     scenes = make_scenes("test", per_source, seed, limit=source_limit)
     labels = np.array([s.label for s in scenes])
-    sess = session(model_dir / manifest["files"]["fp32"])
+    sess = session(manifest.path(manifest.files["fp32"]))
     started = time.perf_counter()
     out: dict = {
-        "model": manifest.get("name", model_dir.name),
+        "model": manifest.name,
         "test_images": len(scenes),
         "grid": grid,
         "overlap": overlap,
@@ -51,18 +53,18 @@ def evaluate(model_dir: Path, per_source: int = 2, source_limit: int | None = No
         }
         if calibration:
             agg = fitted.get("aggregate", "mean")
-            t = float(calibration["temperature"][pipeline])
+            t = calibration.temperature[pipeline]
             raw, cal = image_probs(logits, 1.0, agg), image_probs(logits, t, agg)
-            conformal = calibration["conformal"]
-            q = float(conformal["thresholds"][pipeline])
+            conformal = calibration.conformal
+            q = conformal.thresholds[pipeline]
             out.setdefault("calibration", {})[pipeline] = {
                 "aggregate": agg,
                 "temperature": t,
                 "ece_before": ece(raw, labels),
                 "ece_after": ece(cal, labels),
-                "method": conformal["method"],
-                "target": 1 - float(conformal["alpha"]),
-                **set_metrics(cal, labels, q, conformal["method"]),
+                "method": conformal.method,
+                "target": conformal.coverage_target,
+                **set_metrics(cal, labels, q, conformal.method),
             }
     out["eval_seconds"] = time.perf_counter() - started
     return out

@@ -10,13 +10,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from contracts.vision import PreprocessContract
 from export.verify import VerificationError
-from service.vision.views import Contract
 
 OPSET = 17
 
 
-def export_classifier_onnx(model: nn.Module, contract: Contract, out_file: Path) -> Path:
+def export_classifier_onnx(model: nn.Module, contract: PreprocessContract, out_file: Path) -> Path:
     out_file.parent.mkdir(parents=True, exist_ok=True)
     h, w = contract.input_size
     example = torch.randn(2, 3, h, w)
@@ -38,7 +38,7 @@ def export_classifier_onnx(model: nn.Module, contract: Contract, out_file: Path)
 def verify_classifier(
     model: nn.Module,
     onnx_file: Path,
-    contract: Contract,
+    contract: PreprocessContract,
     tolerance: float = 1e-4,
     batch_sizes: tuple[int, ...] = (1, 3, 20),
     seed: int = 0,

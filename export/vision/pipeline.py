@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.calibration import Calibration, Conformal
+from contracts.manifest import VisionManifest
+from contracts.vision import PreprocessContract
 from export.onnx_export import toolchain_versions
 from export.triton_repo import classifier_onnx_config, staged_entry, write_config
 from export.vision.calibration import (
@@ -40,7 +43,7 @@ MODEL_FILE = "1/model.onnx"
 
 def calibrate(
     onnx_file: Path,
-    contract,  # type: ignore[no-untyped-def]
+    contract: PreprocessContract,
     dataset: dict,
     alpha: float = 0.1,
     method: str = "lac",
@@ -49,7 +52,7 @@ def calibrate(
     overlap: float = 0.25,
     per_source: int = 2,
     source_limit: int | None = None,
-) -> tuple[dict, dict]:
+) -> tuple[Calibration, dict]:
     """Fit T and q̂ per pipeline on the calibration split; measure on the test split.
     Returns (calibration.json content, report section)."""
     from export.vision.data import make_scenes
@@ -86,11 +89,7 @@ def calibrate(
         "grid": grid,
         "overlap": overlap,
     }
-    calibration = {
-        "fitted_on": fitted,
-        "temperature": temps,
-        "conformal": {"method": method, "alpha": alpha, "coverage_target": 1 - alpha, "thresholds": thresholds},
-    }
+    calibration = Calibration(temps, Conformal(method, alpha, thresholds), fitted)
     return calibration, {"fitted_on": fitted, "method": method, "alpha": alpha, "pipelines": report}
 
 
@@ -129,14 +128,7 @@ def export_classifier(
 
         (staging / "preprocess.json").write_text(json.dumps(contract.to_dict(), indent=2))
         (staging / "labels.txt").write_text("".join(f"{label}\n" for label in contract.labels))
-        manifest = {
-            "kind": KIND,
-            "name": name,
-            "files": {"fp32": MODEL_FILE},
-            "preprocess": "preprocess.json",
-            "num_classes": len(contract.labels),
-            "arch": ckpt.arch,
-        }
+        calibration_file = None
         dataset = ckpt.meta.get("dataset")
         if dataset:
             t = time.perf_counter()
@@ -150,10 +142,16 @@ def export_classifier(
                 per_source=per_source,
                 source_limit=source_limit,
             )
-            (staging / "calibration.json").write_text(json.dumps(calibration, indent=2))
-            manifest["calibration"] = "calibration.json"
+            calibration_file = calibration.write(staging / "calibration.json").name
             report["timings_s"]["calibration"] = time.perf_counter() - t
-        (staging / "kiln.json").write_text(json.dumps(manifest, indent=2))
+        VisionManifest(
+            name=name,
+            files={"fp32": MODEL_FILE},
+            num_classes=len(contract.labels),
+            preprocess="preprocess.json",
+            calibration=calibration_file,
+            arch=ckpt.arch,
+        ).write(staging)
         write_config(
             staging,
             classifier_onnx_config(

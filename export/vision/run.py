@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from contracts.vision import PreprocessContract, make_views
 from export.vision.data import Scene
-from service.vision.views import Contract, make_views
 
 PIPELINES = {  # name → (views mode, flip)
     "single": ("single", False),
@@ -28,7 +28,7 @@ def session(onnx_file: Path, threads: int = 0) -> ort.InferenceSession:
 
 def view_logits(
     sess: ort.InferenceSession,
-    contract: Contract,
+    contract: PreprocessContract,
     scenes: Sequence[Scene],
     pipeline: str,
     grid: int = 3,

@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from contracts.vision import PreprocessContract, crop_resize, normalize, tile_boxes
 from export.vision.checkpoint import save_vision_checkpoint
 from export.vision.data import LABELS, SCENE_SIZE, Scene, make_scenes
 from export.vision.vit import ViT, ViTConfig
-from service.vision.views import Contract, crop_resize, normalize, tile_boxes
 
 DEMO_VIT = dict(image_size=32, patch_size=8, dim=64, depth=4, heads=4, mlp_ratio=2.0, stem="conv")
 MEAN, STD = (0.22, 0.2, 0.2), (0.1, 0.1, 0.1)  # the scenes are dark, low-contrast
@@ -38,8 +38,8 @@ GRID, OVERLAP = 3, 0.25
 DATASET = "kiln-digit-scenes"
 
 
-def demo_contract(image_size: int = 32) -> Contract:
-    return Contract((image_size, image_size), MEAN, STD, "bilinear", LABELS)
+def demo_contract(image_size: int = 32) -> PreprocessContract:
+    return PreprocessContract((image_size, image_size), MEAN, STD, "bilinear", LABELS)
 
 
 def _visible(box: tuple[float, float, float, float], digit: tuple[int, int, int, int]) -> float:
@@ -55,7 +55,9 @@ def _target(label: int, visible: float, classes: int = 10) -> np.ndarray:
     return t
 
 
-def make_samples(scenes: list[Scene], contract: Contract, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def make_samples(
+    scenes: list[Scene], contract: PreprocessContract, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 crops [N, H, W, 3] and soft targets [N, 10]; 4 per scene: 2 digit crops, a tile, the scene."""
     tiles = tile_boxes(SCENE_SIZE, SCENE_SIZE, GRID, OVERLAP)
     side = tiles[0][2] - tiles[0][0]
@@ -97,12 +99,12 @@ def train_demo_vision(
     cfg = ViTConfig(**{**DEMO_VIT, **(model_overrides or {}), "num_classes": len(LABELS)})
     contract = demo_contract(cfg.image_size)
     train_scenes = make_scenes("train", scenes_per_source, seed, limit=source_limit)
-    x_u8, y = make_samples(train_scenes, contract, rng)
+    x_u8, y_np = make_samples(train_scenes, contract, rng)
     x = torch.from_numpy(normalize(x_u8, contract))
-    y = torch.from_numpy(y)
+    y = torch.from_numpy(y_np)
     val_scenes = make_scenes("val", 1, seed, limit=None if source_limit is None else max(8, source_limit // 4))
-    vx_u8, vy = make_samples(val_scenes, contract, np.random.default_rng(seed + 1))
-    vx, vy = torch.from_numpy(normalize(vx_u8, contract)), torch.from_numpy(vy)
+    vx_u8, vy_np = make_samples(val_scenes, contract, np.random.default_rng(seed + 1))
+    vx, vy = torch.from_numpy(normalize(vx_u8, contract)), torch.from_numpy(vy_np)
     print(f"data: {len(train_scenes)} train scenes -> {len(x)} crops; {time.perf_counter() - t0:.1f}s", flush=True)
 
     model = ViT(cfg)

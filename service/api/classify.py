@@ -10,51 +10,21 @@ import base64
 import binascii
 import json
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from service.api.schemas import ErrorResponse
+from service.api.context import caller_of, vision_plane
+from service.api.schemas import VISION, ErrorResponse
 from service.errors import InvalidRequest
-from service.vision.model import ClassifyOptions
 from service.vision.preprocess import UnsupportedMediaType
 
-router = APIRouter()
+router = APIRouter(tags=[VISION])
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 503)}
-
-
-class ClassifyParams(BaseModel):
-    """The options of /classify (query string, JSON fields or form fields)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(None, description="Model name; optional when one classifier is loaded.")
-    views: str = Field("multi", description="`single` (the whole image) or `multi` (global + grid×grid tiles).")
-    grid: int = Field(3, description="Tiles per side for `multi` (<= KILN_CLASSIFY_MAX_GRID).")
-    overlap: float = Field(0.25, description="Fraction of a tile shared with its neighbour, 0-0.9.")
-    tta_flip: bool = Field(False, description="Add the horizontal mirror of every view.")
-    aggregate: str = Field("confidence_weighted", description="mean | max | topk_mean | confidence_weighted.")
-    k: int = Field(3, description="k for topk_mean.")
-    top_k: int = Field(5, description="Labels returned per image.")
-    calibrated: bool | None = Field(None, description="Apply the fitted temperature (default: when available).")
-    prediction_set: bool = Field(False, description="Return the split-conformal prediction set.")
-    return_views: bool = Field(False, description="Return every view's probabilities.")
-
-    def options(self) -> ClassifyOptions:
-        return ClassifyOptions(**self.model_dump(exclude={"model"}))
-
-
-def parse_params(fields: dict) -> ClassifyParams:
-    try:
-        return ClassifyParams(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise InvalidRequest(f"unknown parameter `{loc}`", code="unknown_parameter") from exc
-        raise InvalidRequest(f"`{loc}`: {first['msg']}", code="invalid_parameter", param=loc) from exc
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 501, 503)
+}
 
 
 def decode_b64(value: object, index: int) -> bytes:
@@ -116,10 +86,7 @@ async def read_request(request: Request, max_images: int) -> tuple[list[bytes], 
 
 @router.post("/classify", responses=ERRORS)
 async def classify(request: Request) -> dict:
-    registry = request.app.state.registry
-    settings = request.app.state.settings
-    images, fields = await read_request(request, settings.classify_max_images)
-    params = parse_params(fields)
-    model = registry.vision_model(params.model)
-    out = await model.classify(images, params.options(), protocol="http")
-    return {"id": getattr(request.state, "request_id", None) or f"cls-{uuid.uuid4().hex[:16]}", **out}
+    caller = caller_of(request, "http")
+    images, fields = await read_request(request, request.app.state.settings.classify_max_images)
+    out = await vision_plane(request).classify(caller, images, fields)
+    return {"id": caller.request_id or f"cls-{uuid.uuid4().hex[:16]}", **out}

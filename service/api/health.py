@@ -6,9 +6,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.schemas import ERRORS, ModelCard, ModelList
+from service.api.schemas import CONTROL, ERRORS, ModelCard, ModelList
 
-router = APIRouter()
+router = APIRouter(tags=[CONTROL])
+
+# Probes and scrapes need no API key (everything else does when keys are configured).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @router.get("/healthz")
@@ -27,7 +30,7 @@ async def readyz(request: Request, model: str | None = None) -> JSONResponse:
     reg = request.app.state.registry
     if model is not None:
         served = reg.models.get(model)
-        ok = reg.loaded and served is not None and getattr(served, "ready", True) and not reg.draining
+        ok = reg.loaded and served is not None and served.ready and not reg.draining
         if ok:
             state = "ready"
         elif served is not None:
@@ -39,7 +42,7 @@ async def readyz(request: Request, model: str | None = None) -> JSONResponse:
     body = {
         "ready": reg.ready and not reg.draining,
         "draining": reg.draining,
-        "models": {name: "ready" if getattr(m, "ready", True) else "unavailable" for name, m in reg.models.items()},
+        "models": {name: "ready" if m.ready else "unavailable" for name, m in reg.models.items()},
         "failed": reg.failed,
     }
     if not reg.loaded:
@@ -57,9 +60,7 @@ async def readyz(request: Request, model: str | None = None) -> JSONResponse:
 async def list_models(request: Request) -> ModelList:
     reg = request.app.state.registry
     cards = [
-        ModelCard(
-            id=name, created=reg.created, kind=m.kind, ready=getattr(m, "ready", True), context_length=m.context_length
-        )
+        ModelCard(id=name, created=reg.created, kind=m.kind, ready=m.ready, context_length=m.context_length)
         for name, m in reg.models.items()
     ]
     return ModelList(data=cards)

@@ -11,7 +11,6 @@ TextModel's, so /generate, SSE, the OpenAI routes and gRPC use it unchanged.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,42 +18,43 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backends.onnxruntime_lm import LMManifest
+from contracts.manifest import TextManifest
+from contracts.triton import LM_INPUT, triton_lm_name
 from service.backends.triton_client import TritonConnection, TritonModelHandle
 from service.engine.detokenize import StreamDecoder
 from service.engine.observer import EngineObserver
 from service.engine.request import Event, FinishEvent, TokenEvent
 from service.engine.textgen import BaseTextModel, GenerateParams
-from service.errors import KilnError, Unavailable
+from service.errors import KilnError, NotSupported, Unavailable
 from service.settings import Settings
 
 
 class _Handle:
-    """What API code may call on an open stream: `cancel()`, from any thread."""
+    """Set by `cancel()` from any thread; the stream stops and cancels its Triton call."""
 
     def __init__(self) -> None:
         self.cancelled = False
 
-    def cancel(self) -> None:
-        self.cancelled = True
-
 
 class TritonEventStream:
-    """The in-process EventStream's surface: `request`, `prompt_tokens`, async iteration."""
+    """A TextStream (service/engine/textgen.py) fed by Triton's responses."""
 
     def __init__(self, events: AsyncIterator[Event], handle: _Handle, prompt_tokens: int) -> None:
-        self.request = handle
+        self._handle = handle
         self.prompt_tokens = prompt_tokens
         self._events = events
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events
 
+    def cancel(self) -> None:
+        self._handle.cancelled = True
+
 
 class TritonTextModel(TritonModelHandle, BaseTextModel):
     def __init__(
         self,
-        manifest: LMManifest,
+        manifest: TextManifest,
         settings: Settings,
         connection: TritonConnection,
         triton_model: str,
@@ -71,9 +71,8 @@ class TritonTextModel(TritonModelHandle, BaseTextModel):
         cls, model_dir: Path, settings: Settings, connection: TritonConnection, observer: EngineObserver | None = None
     ) -> TritonTextModel:
         """The gateway reads the entry's manifest and tokenizer; the graphs stay with Triton."""
-        raw = json.loads((model_dir / "kiln.json").read_text())
-        manifest = LMManifest.load(model_dir, settings.lm_variant)
-        return cls(manifest, settings, connection, raw.get("triton_model", f"{manifest.name}-triton"), observer)
+        manifest = TextManifest.read(model_dir)
+        return cls(manifest, settings, connection, manifest.triton_model or triton_lm_name(manifest.name), observer)
 
     # ---- state --------------------------------------------------------------------------------
     @property
@@ -94,6 +93,11 @@ class TritonTextModel(TritonModelHandle, BaseTextModel):
         """Validate and check Triton now (errors surface before any response starts), stream later."""
         if self._draining:
             raise Unavailable("server is shutting down; retry on another replica", code="draining")
+        if params.grammar is not None:
+            raise NotSupported(
+                "response_format needs the gateway's own engine (KILN_BACKEND=onnxruntime): the engine inside "
+                "Triton cannot apply the gateway's token masks"
+            )
         prompt_ids = self.validate(params)
         self.connection.check(self.triton_model)
         handle = _Handle()
@@ -105,25 +109,34 @@ class TritonTextModel(TritonModelHandle, BaseTextModel):
         import tritonclient.grpc as grpcclient
 
         s = params.sampling
-        arrays: dict[str, tuple[np.ndarray, str]] = {
-            "INPUT_IDS": (np.asarray(prompt_ids, np.int64), "INT64"),
-            "MAX_NEW_TOKENS": (np.array([params.max_new_tokens], np.int32), "INT32"),
-            "TEMPERATURE": (np.array([s.temperature], np.float32), "FP32"),
-            "TOP_K": (np.array([s.top_k], np.int32), "INT32"),
-            "TOP_P": (np.array([s.top_p], np.float32), "FP32"),
-            "REPETITION_PENALTY": (np.array([s.repetition_penalty], np.float32), "FP32"),
-            "SEED": (np.array([-1 if s.seed is None else s.seed], np.int64), "INT64"),
-            "IGNORE_EOS": (np.array([params.ignore_eos], np.bool_), "BOOL"),
+        arrays: dict[str, np.ndarray] = {
+            "INPUT_IDS": np.asarray(prompt_ids, np.int64),
+            "MAX_NEW_TOKENS": np.array([params.max_new_tokens], np.int32),
+            "TEMPERATURE": np.array([s.temperature], np.float32),
+            "TOP_K": np.array([s.top_k], np.int32),
+            "TOP_P": np.array([s.top_p], np.float32),
+            "REPETITION_PENALTY": np.array([s.repetition_penalty], np.float32),
+            "SEED": np.array([-1 if s.seed is None else s.seed], np.int64),
+            "IGNORE_EOS": np.array([params.ignore_eos], np.bool_),
         }
         if params.stop:
-            arrays["STOP"] = (np.array([x.encode() for x in params.stop], dtype=np.object_), "BYTES")
+            arrays["STOP"] = np.array([x.encode() for x in params.stop], dtype=np.object_)
         if timeout is not None:
-            arrays["TIMEOUT_S"] = (np.array([timeout], np.float32), "FP32")
+            arrays["TIMEOUT_S"] = np.array([timeout], np.float32)
         if params.logprobs is not None:
-            arrays["LOGPROBS"] = (np.array([params.logprobs], np.int32), "INT32")
+            arrays["LOGPROBS"] = np.array([params.logprobs], np.int32)
+        extras = {"MIN_P": s.min_p, "PRESENCE_PENALTY": s.presence_penalty, "FREQUENCY_PENALTY": s.frequency_penalty}
+        arrays.update({name: np.array([v], np.float32) for name, v in extras.items() if v})
+        if s.logit_bias:
+            arrays["LOGIT_BIAS_IDS"] = np.array([t for t, _ in s.logit_bias], np.int64)
+            arrays["LOGIT_BIAS_VALUES"] = np.array([b for _, b in s.logit_bias], np.float32)
+        if params.min_tokens:
+            arrays["MIN_TOKENS"] = np.array([params.min_tokens], np.int32)
+        if params.stop_token_ids:
+            arrays["STOP_TOKEN_IDS"] = np.array(sorted(params.stop_token_ids), np.int64)
         inputs = []
-        for name, (array, dtype) in arrays.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+        for name, array in arrays.items():  # names and types: contracts/triton.py
+            tensor = grpcclient.InferInput(name, list(array.shape), LM_INPUT[name].wire_dtype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         return inputs

@@ -1,35 +1,43 @@
-"""A served text model: tokenizer + runner + engine, and request validation.
+"""A served text model: tokenizer + engine, and the checks that depend on the model.
 
-This is the transport-free data plane for generation: REST, SSE, gRPC and the OpenAI routes
-call `validate` then `open_stream`, and only translate events to their wire format.
-`BaseTextModel` holds what every backend shares (tokenizer, limits, the non-streaming
-collector); `TextModel` runs the engine in-process, `service.backends.triton_lm.TritonTextModel`
-streams the same events from Kiln's engine inside Triton.
+`BaseTextModel` holds what every backend shares (tokenizer, prompt checks); `TextModel` runs
+the engine in-process, `service.backends.triton_lm.TritonTextModel` streams the same events
+from Kiln's engine inside Triton. Both hand out `TextStream`s. Defaults, limits, entitlement
+and metrics are the data plane's (service/dataplane/text.py); transports only translate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
 
-import numpy as np
 from tokenizers import Tokenizer
 
-from service.backends.onnxruntime_lm import LMManifest, make_runner
-from service.engine.engine import GenerationEngine
+from contracts.manifest import TextManifest
+from service.chat_template import ChatTemplate, TemplateError, end_of_turn_ids, load_template
+from service.engine.build import build_text_engine
 from service.engine.observer import EngineObserver
-from service.engine.request import Event, FinishEvent, GenerationRequest, TokenEvent
+from service.engine.request import Event, FinishEvent, GenerationRequest
 from service.engine.sampling import SamplingParams
-from service.errors import DeadlineExceeded, InvalidRequest, KilnError, PromptTooLong
+from service.engine.token_bytes import TokenBytes
+from service.errors import InvalidRequest, PromptTooLong
 from service.settings import Settings
+from service.structured import Grammar, StructuredOutputs
+
+log = logging.getLogger("kiln.textgen")
 
 
 @dataclass
 class GenerateParams:
+    """A request with defaults and limits applied (the data plane builds it)."""
+
     prompt: str
     max_new_tokens: int
     sampling: SamplingParams
@@ -37,15 +45,35 @@ class GenerateParams:
     timeout_s: float | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
+    min_tokens: int = 0
+    stop_token_ids: frozenset[int] = frozenset()
+    grammar: Grammar | None = None  # structured output: each sequence gets its own matcher
+    add_special_tokens: bool = True  # False: the prompt already holds them (a rendered chat template)
+    fit_to_context: bool = False  # max_new_tokens is a ceiling: stop where the context ends instead of refusing
+
+
+class TextStream(Protocol):
+    """One request's events, whatever runs it: tokens, then exactly one FinishEvent."""
+
+    prompt_tokens: int
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    def cancel(self) -> None:
+        """Stop generating and free the slot (safe from any thread, idempotent)."""
+        ...
 
 
 class EventStream:
-    """Async iterator over one request's events; closing it early cancels the sequence."""
+    """The in-process TextStream; closing it early cancels the sequence."""
 
     def __init__(self, req: GenerationRequest, queue: asyncio.Queue[Event]) -> None:
         self.request = req
         self._queue = queue
         self.prompt_tokens = len(req.prompt_ids)
+
+    def cancel(self) -> None:
+        self.request.cancel()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events()
@@ -95,15 +123,29 @@ class LoopOutbox:
 
 
 class BaseTextModel:
-    """Tokenizer, limits and the non-streaming collector; subclasses provide `open_stream`."""
+    """Tokenizer and prompt checks; subclasses provide `open_stream`."""
 
-    kind = "text-generation"
+    kind = TextManifest.kind
 
-    def __init__(self, manifest: LMManifest, settings: Settings) -> None:
+    def __init__(self, manifest: TextManifest, settings: Settings) -> None:
         self.manifest = manifest
         self.name = manifest.name
         self.settings = settings
-        self.tokenizer = Tokenizer.from_file(str(manifest.tokenizer_file))
+        self.tokenizer = Tokenizer.from_file(str(manifest.path(manifest.tokenizer)))
+        entry_template = manifest.path(manifest.chat_template) if manifest.chat_template else None
+        self.chat_template: ChatTemplate | None = None
+        self.chat_template_error = ""  # why a template that exists cannot be used
+        try:
+            self.chat_template = load_template(
+                settings.chat_template, entry_template, settings.default_chat_template, manifest.special_tokens
+            )
+        except (TemplateError, OSError) as exc:
+            self.chat_template_error = str(exc)
+            log.error("%s: %s", manifest.name, exc)
+        # A chat turn ends at EOS or at the template's end-of-turn tokens (<|im_end|>, <|eot_id|>).
+        self.end_of_turn_ids = (
+            end_of_turn_ids(self.chat_template, self.tokenizer) if self.chat_template else frozenset()
+        )
 
     @property
     def context_length(self) -> int:
@@ -117,12 +159,27 @@ class BaseTextModel:
     def unavailable_reason(self) -> str | None:
         return None
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; BOS first when the model wants one and the text does not carry it."""
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return [self.manifest.bos_token_id, *ids] if self.manifest.add_bos else ids
+        return [self.manifest.bos_token_id, *ids] if self.manifest.add_bos and add_special_tokens else ids
 
-    def decode(self, ids) -> str:  # type: ignore[no-untyped-def]
+    @cached_property
+    def structured(self) -> StructuredOutputs:
+        """Structured outputs for this model's vocabulary (llguidance's tokenizer is built on first use)."""
+        return StructuredOutputs(self.tokenizer.to_str(), self.manifest.vocab_size, self.manifest.eos_token_ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text, special tokens included (logprobs name tokens this way)."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    @cached_property
+    def token_bytes(self) -> TokenBytes:
+        """The bytes a token stands for (OpenAI chat logprobs' `bytes`)."""
+        return TokenBytes(self.tokenizer)
 
     def validate(self, params: GenerateParams) -> list[int]:
         """Check limits that depend on the model; return the prompt's token ids."""
@@ -139,7 +196,11 @@ class BaseTextModel:
                     f"{what} is not valid Unicode (it contains a lone surrogate such as \\ud800)",
                     code="invalid_prompt" if what == "prompt" else "invalid_stop",
                 )
-        ids = self.encode(params.prompt)
+        ids = self.encode(params.prompt, params.add_special_tokens)
+        if params.fit_to_context and len(ids) < self.context_length:
+            params.max_new_tokens = max(
+                min(params.max_new_tokens, self.context_length - len(ids)), params.min_tokens, 1
+            )
         budget = self.context_length - params.max_new_tokens
         if len(ids) > budget:
             raise PromptTooLong(
@@ -148,25 +209,8 @@ class BaseTextModel:
             )
         return ids
 
-    def open_stream(self, params: GenerateParams, protocol: str = "http") -> EventStream:
+    def open_stream(self, params: GenerateParams, protocol: str = "http") -> TextStream:
         raise NotImplementedError
-
-    async def generate(
-        self, params: GenerateParams, protocol: str = "http", tokens: list[TokenEvent] | None = None
-    ) -> tuple[str, FinishEvent]:
-        """Non-streaming: collect the text (and the token events when asked); a deadline miss is a 504."""
-        parts: list[str] = []
-        async for event in self.open_stream(params, protocol):
-            if tokens is not None and isinstance(event, TokenEvent) and event.token_id >= 0:
-                tokens.append(event)
-            if isinstance(event, FinishEvent):
-                if event.reason == "timeout":
-                    raise DeadlineExceeded(f"generation did not finish within timeout_s={params.timeout_s}")
-                if event.reason == "error":
-                    raise event.error or KilnError(event.message or "inference failed", code="inference_failed")
-                return "".join(parts), event
-            parts.append(event.text)
-        raise RuntimeError("stream ended without a finish event")
 
     def begin_drain(self) -> None: ...
 
@@ -182,37 +226,20 @@ class BaseTextModel:
 class TextModel(BaseTextModel):
     """In-process: ONNX Runtime runner + continuous-batching engine thread."""
 
-    def __init__(self, manifest: LMManifest, settings: Settings, observer: EngineObserver | None = None) -> None:
+    def __init__(self, manifest: TextManifest, settings: Settings, observer: EngineObserver | None = None) -> None:
         super().__init__(manifest, settings)
-        self.runner = make_runner(manifest, settings.max_batch, settings.max_seq_len, settings.intra_op_threads)
         self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopOutbox] = weakref.WeakKeyDictionary()
-        self.engine = GenerationEngine(
-            self.runner,
-            decode=self.decode,
-            eos_token_id=manifest.eos_token_id,
-            vocab_size=manifest.vocab_size,
-            max_queue=settings.max_queue,
-            prefill_chunk=settings.prefill_chunk,
-            prefill_tokens=settings.prefill_chunk_tokens,
-            observer=observer,
-            retry_after_s=settings.retry_after_s,
-            name=manifest.name,
-            step_delay_s=settings.fault_step_delay_ms / 1000.0,
-        )
+        config = settings.engine_config()
+        self.graph = manifest.graph(config.lm_variant)
+        self.engine = build_text_engine(manifest, config, self.decode, observer)
+        self.runner = self.engine.runner
 
     @property
     def context_length(self) -> int:
         return self.runner.max_seq_len
 
     def start(self) -> None:
-        self.warmup()  # before the engine thread owns the runner
         self.engine.start()
-
-    def warmup(self) -> None:
-        """Run one prefill and decode so the first real request pays no first-call costs."""
-        self.runner.prefill(0, self.encode("def"))
-        self.runner.decode(np.array([self.manifest.bos_token_id], dtype=np.int64))
-        self.runner.release_row(0)
 
     def open_stream(self, params: GenerateParams, protocol: str = "http") -> EventStream:
         """Validate and enqueue now (errors surface before any response starts), stream later."""
@@ -229,6 +256,9 @@ class TextModel(BaseTextModel):
             deadline=None if timeout is None else time.monotonic() + timeout,
             ignore_eos=params.ignore_eos,
             logprobs=params.logprobs,
+            min_tokens=params.min_tokens,
+            stop_token_ids=params.stop_token_ids,
+            constraint=params.grammar.matcher() if params.grammar is not None else None,
             protocol=protocol,
         )
         self.engine.submit(req)

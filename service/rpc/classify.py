@@ -1,9 +1,7 @@
-"""gRPC Classify: proto ⇄ the same options, limits and data plane as POST /classify."""
+"""gRPC Classify: proto fields ⇄ the options and result of the vision data plane."""
 
 from __future__ import annotations
 
-from service.api.classify import parse_params
-from service.errors import InvalidRequest
 from service.rpc import kiln_v1_pb2 as pb
 
 
@@ -29,17 +27,7 @@ def to_fields(req: pb.ClassifyRequest) -> dict:
     return fields
 
 
-async def classify(registry, request: pb.ClassifyRequest) -> pb.ClassifyResponse:  # type: ignore[no-untyped-def]
-    params = parse_params(to_fields(request))
-    model = registry.vision_model(params.model)
-    images = list(request.images)
-    if len(images) > model.settings.classify_max_images:
-        raise InvalidRequest(
-            f"{len(images)} images exceed the limit of {model.settings.classify_max_images} per request "
-            "(KILN_CLASSIFY_MAX_IMAGES)",
-            code="too_many_images",
-        )
-    out = await model.classify(images, params.options(), protocol="grpc")
+def to_response(out: dict) -> pb.ClassifyResponse:
     results = []
     for r in out["results"]:
         item = pb.ImageResult(

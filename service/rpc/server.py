@@ -1,71 +1,111 @@
 """gRPC transport: `kiln.v1.Kiln` on grpc.aio, in the HTTP app's process and event loop.
 
-It shares the registry, engines and metrics with the REST routes and reuses their request
-schema, so limits, defaults and error messages are identical; only the status codes differ
-(mapped once, in GRPC_CODES).
+The servicer only translates: proto → the data plane's neutral options, events and results →
+proto. Auth, request ids, metrics and error mapping are the interceptor's
+(service/rpc/interceptor.py), so an error means the same thing here as over REST.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pydantic import ValidationError
 
-from service.api.generate import to_params
-from service.api.schemas import GenerateRequest
+from service.api.schemas import CONTROL, TEXT, VISION
 from service.auth import ApiKeys, current_principal
+from service.dataplane.caller import Caller
+from service.dataplane.chat import ChatDataPlane, ChatMessage
+from service.dataplane.text import TextDataPlane, TextOptions, collect
+from service.dataplane.vision import VisionDataPlane
 from service.engine.request import FinishEvent
-from service.errors import InvalidRequest, KilnError, NotSupported
+from service.engine.textgen import TextStream
+from service.errors import InvalidRequest, KilnError
+from service.logs import request_id_var
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.rpc import classify as rpc_classify
 from service.rpc import kiln_v1_pb2 as pb
 from service.rpc import kiln_v1_pb2_grpc as pb_grpc
+from service.rpc.interceptor import KilnInterceptor
+from service.structured import ResponseFormat
 
 log = logging.getLogger("kiln.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Kiln"].full_name
-GRPC_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+TASKS = {
+    "Generate": TEXT,
+    "GenerateStream": TEXT,
+    "Chat": TEXT,
+    "ChatStream": TEXT,
+    "Classify": VISION,
+    "ListModels": CONTROL,
 }
 
 
-def to_schema(req: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> GenerateRequest:
-    """Proto -> the REST schema, so validation is shared; the gRPC deadline caps timeout_s."""
-    fields: dict = {"prompt": req.prompt, "stop": list(req.stop) or None, "ignore_eos": req.ignore_eos}
-    if req.model:
-        fields["model"] = req.model
-    for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "timeout_s"):
-        if req.HasField(name):
-            fields[name] = getattr(req, name)
+def caller() -> Caller:
+    """The caller as the interceptor identified it."""
+    return Caller("grpc", current_principal.get(), request_id_var.get())
+
+
+def to_options(req: pb.GenerateRequest | pb.ChatRequest, context: grpc.aio.ServicerContext) -> TextOptions:
+    """Proto → neutral options (Generate and Chat share the sampling fields); unset optional
+    fields keep the model's defaults. The call's deadline caps timeout_s."""
+
+    def opt(name: str) -> float | None:
+        return getattr(req, name) if req.HasField(name) else None
+
+    def whole(name: str) -> int | None:
+        value = opt(name)
+        return None if value is None else int(value)
+
+    timeout = opt("timeout_s")
     remaining = context.time_remaining()
     if remaining is not None:
-        fields["timeout_s"] = min(fields.get("timeout_s", remaining), max(remaining, 1e-3))
-    try:
-        return GenerateRequest(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"`{loc}`: {first['msg']}", code="invalid_parameter") from exc
+        timeout = min(timeout if timeout is not None else remaining, max(remaining, 1e-3))
+    chat = isinstance(req, pb.ChatRequest)
+    return TextOptions(
+        prompt="" if chat else req.prompt,
+        model=req.model or None,
+        max_new_tokens=whole("max_new_tokens"),
+        fit_to_context=chat,
+        temperature=opt("temperature"),
+        top_k=whole("top_k"),
+        top_p=opt("top_p"),
+        min_p=opt("min_p"),
+        repetition_penalty=opt("repetition_penalty"),
+        presence_penalty=opt("presence_penalty"),
+        frequency_penalty=opt("frequency_penalty"),
+        logit_bias={int(k): float(v) for k, v in req.logit_bias.items()},
+        min_tokens=whole("min_tokens"),
+        stop_token_ids=list(req.stop_token_ids),
+        seed=whole("seed"),
+        stop=list(req.stop),
+        timeout_s=timeout,
+        ignore_eos=False if chat else req.ignore_eos,
+        response_format=response_format(req.response_format) if req.HasField("response_format") else None,
+    )
 
 
-def finish_messages(model: str, event: FinishEvent) -> tuple[pb.Usage, pb.Timings]:
+def response_format(fmt: pb.ResponseFormat) -> ResponseFormat:
+    schema = None
+    if fmt.json_schema:
+        try:
+            schema = json.loads(fmt.json_schema)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"response_format.json_schema is not JSON: {exc}",
+                code="invalid_response_format",
+                param="response_format",
+            ) from exc
+    return ResponseFormat(fmt.type or "text", schema=schema, strict=fmt.strict, regex=fmt.regex or None)
+
+
+def finish_messages(event: FinishEvent) -> tuple[pb.Usage, pb.Timings]:
     usage = pb.Usage(
         prompt_tokens=event.prompt_tokens,
         completion_tokens=event.completion_tokens,
@@ -77,122 +117,86 @@ def finish_messages(model: str, event: FinishEvent) -> tuple[pb.Usage, pb.Timing
     return usage, timings
 
 
-def observed(method: str, streaming: bool = False) -> Callable:
-    """Count requests by status with protocol="grpc" and map KilnError to a gRPC status."""
-    route = f"/{SERVICE_NAME}/{method}"
+def chat_messages(req: pb.ChatRequest) -> list[ChatMessage]:
+    return [ChatMessage(m.role, m.content, m.name or None) for m in req.messages]
 
-    def wrap(fn: Callable) -> Callable:
-        async def fail(self: KilnServicer, context: grpc.aio.ServicerContext, exc: KilnError) -> None:
-            code = GRPC_CODES.get(exc.http_status, grpc.StatusCode.INTERNAL)
-            await context.abort(code, f"{exc.code}: {exc.message}")
 
-        def record(self: KilnServicer, status: str, started: float) -> None:
-            self.metrics.requests.labels(route, status, "grpc").inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
-
-        if streaming:
-
-            @functools.wraps(fn)
-            async def stream_handler(self, request, context):  # type: ignore[no-untyped-def]
-                started, status = time.perf_counter(), "OK"
-                try:
-                    self.authenticate(context)
-                    async for item in fn(self, request, context):
-                        yield item
-                except KilnError as exc:
-                    status = GRPC_CODES.get(exc.http_status, grpc.StatusCode.INTERNAL).name
-                    await fail(self, context, exc)
-                except asyncio.CancelledError:
-                    status = "CANCELLED"
-                    raise
-                finally:
-                    record(self, status, started)
-
-            return stream_handler
-
-        @functools.wraps(fn)
-        async def unary_handler(self, request, context):  # type: ignore[no-untyped-def]
-            started, status = time.perf_counter(), "OK"
-            try:
-                self.authenticate(context)
-                return await fn(self, request, context)
-            except KilnError as exc:
-                status = GRPC_CODES.get(exc.http_status, grpc.StatusCode.INTERNAL).name
-                await fail(self, context, exc)
-            except asyncio.CancelledError:
-                status = "CANCELLED"
-                raise
-            finally:
-                record(self, status, started)
-
-        return unary_handler
-
-    return wrap
+async def stream_messages(stream: TextStream, model: str, request_id: str) -> AsyncIterator[pb.GenerateStreamResponse]:
+    """Events → stream messages; a failure ends the call through the interceptor (its status)."""
+    try:
+        async for event in stream:
+            if isinstance(event, FinishEvent):
+                if event.reason == "error":
+                    raise event.error or KilnError(event.message or "inference failed", code="inference_failed")
+                usage, timings = finish_messages(event)
+                finish = pb.Finish(id=request_id, model=model, finish_reason=event.reason, usage=usage, timings=timings)
+                yield pb.GenerateStreamResponse(finish=finish)
+            elif event.text:
+                yield pb.GenerateStreamResponse(chunk=pb.TokenChunk(text=event.text, token_ids=[event.token_id]))
+    finally:
+        stream.cancel()  # a client that went away frees its slot at the next engine step
 
 
 class KilnServicer(pb_grpc.KilnServicer):
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, keys: ApiKeys | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, text: TextDataPlane, vision: VisionDataPlane) -> None:
         self.registry = registry
-        self.metrics = metrics
-        self.keys = keys or ApiKeys({})
+        self.text = text
+        self.chat = ChatDataPlane(text)
+        self.vision = vision
 
-    def authenticate(self, context: grpc.aio.ServicerContext) -> None:
-        """Same keys as HTTP, from `authorization: Bearer KEY` or `x-api-key` metadata."""
-        if not self.keys.enabled:
-            return
-        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-        current_principal.set(self.keys.authenticate(metadata.get("authorization"), metadata.get("x-api-key")))
-
-    @observed("Generate")
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        body = to_schema(request, context)
-        model = self.registry.text_model(body.model)
-        text, event = await model.generate(to_params(body, model), protocol="grpc")
-        self.metrics.prompt_tokens.labels(model.name, "grpc").inc(event.prompt_tokens)
-        usage, timings = finish_messages(model.name, event)
+        who = caller()
+        model, done = await self.text.complete(who, to_options(request, context))
+        usage, timings = finish_messages(done.finish)
         return pb.GenerateResponse(
-            id=f"gen-{uuid.uuid4().hex[:16]}",
+            id=who.request_id,
             model=model.name,
-            text=text,
-            finish_reason=event.reason,
+            text=done.text,
+            finish_reason=done.finish.reason,
             usage=usage,
             timings=timings,
         )
 
-    @observed("GenerateStream", streaming=True)
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        body = to_schema(request, context)
-        model = self.registry.text_model(body.model)
-        stream = model.open_stream(to_params(body, model), protocol="grpc")
-        self.metrics.prompt_tokens.labels(model.name, "grpc").inc(stream.prompt_tokens)
-        request_id = f"gen-{uuid.uuid4().hex[:16]}"
-        async for event in stream:  # cancellation by the client closes this and frees the slot
-            if isinstance(event, FinishEvent):
-                if event.reason == "error":
-                    raise event.error or KilnError(event.message or "inference failed", code="inference_failed")
-                usage, timings = finish_messages(model.name, event)
-                finish = pb.Finish(
-                    id=request_id, model=model.name, finish_reason=event.reason, usage=usage, timings=timings
-                )
-                yield pb.GenerateStreamResponse(finish=finish)
-            elif event.text:
-                yield pb.GenerateStreamResponse(chunk=pb.TokenChunk(text=event.text, token_ids=[event.token_id]))
+        who = caller()
+        model, stream = self.text.open(who, to_options(request, context))
+        async for message in stream_messages(stream, model.name, who.request_id):
+            yield message
 
-    @observed("Classify")
+    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
+        who = caller()
+        model, [stream] = self.chat.open_many(who, chat_messages(request), [to_options(request, context)])
+        done = await collect(stream)
+        usage, timings = finish_messages(done.finish)
+        message = pb.ChatMessage(role="assistant", content=done.text)
+        return pb.ChatResponse(
+            id=who.request_id,
+            model=model.name,
+            message=message,
+            finish_reason=done.finish.reason,
+            usage=usage,
+            timings=timings,
+        )
+
+    async def ChatStream(
+        self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        who = caller()
+        model, [stream] = self.chat.open_many(who, chat_messages(request), [to_options(request, context)])
+        async for message in stream_messages(stream, model.name, who.request_id):
+            yield message
+
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        classify = getattr(self.registry, "classify_grpc", None)
-        if classify is None:
-            raise NotSupported("image classification is not available on this server")
-        return await classify(request)
+        out = await self.vision.classify(caller(), list(request.images), rpc_classify.to_fields(request))
+        return rpc_classify.to_response(out)
 
-    @observed("ListModels")
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         models = [
-            pb.ModelInfo(id=name, kind=m.kind, ready=getattr(m, "ready", True), context_length=m.context_length or 0)
+            pb.ModelInfo(id=name, kind=m.kind, ready=m.ready, context_length=m.context_length or 0)
             for name, m in self.registry.models.items()
         ]
         return pb.ListModelsResponse(models=models)
@@ -202,11 +206,18 @@ class GrpcServer:
     """Owns the grpc.aio server, the health service and reflection."""
 
     def __init__(
-        self, registry: ModelRegistry, metrics: Metrics, host: str, port: int, keys: ApiKeys | None = None
+        self,
+        registry: ModelRegistry,
+        text: TextDataPlane,
+        vision: VisionDataPlane,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        keys: ApiKeys,
     ) -> None:
         self.registry = registry
-        self.server = grpc.aio.server()
-        pb_grpc.add_KilnServicer_to_server(KilnServicer(registry, metrics, keys), self.server)
+        self.server = grpc.aio.server(interceptors=[KilnInterceptor(SERVICE_NAME, metrics, keys, TASKS)])
+        pb_grpc.add_KilnServicer_to_server(KilnServicer(registry, text, vision), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)

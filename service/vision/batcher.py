@@ -133,4 +133,5 @@ class DynamicBatcher:
             offset += n
             job.remaining -= 1
             if job.remaining == 0 and not job.future.done():
-                job.future.set_result(np.concatenate(job.outputs) if len(job.outputs) > 1 else job.outputs[0])
+                parts = [o for o in job.outputs if o is not None]  # every part is set by now
+                job.future.set_result(np.concatenate(parts) if len(parts) > 1 else parts[0])

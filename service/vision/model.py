@@ -3,29 +3,30 @@
 With KILN_BACKEND=triton a `runner` (service/backends/triton_vision.py) replaces the session and
 the batcher: the crops of a request go to Triton as one batched infer; everything else is the same.
 
-`classify` is the transport-free data plane: REST and gRPC both call it with decoded options
-and only translate the result to their wire format.
+`classify` serves one request with validated options; the data plane (service/dataplane/vision.py)
+resolves the model and the options for REST and gRPC alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from contracts.aggregate import AGGREGATIONS, aggregate, prediction_set, softmax, temper
+from contracts.calibration import Calibration
+from contracts.manifest import VisionManifest, read_json
+from contracts.vision import PreprocessContract, make_views
+from service.backends.ort_session import cpu_session
+from service.backends.triton_vision import TritonClassifierRunner
 from service.errors import InvalidRequest, Unavailable
 from service.metrics import Metrics
 from service.settings import Settings
-from service.vision.aggregate import AGGREGATIONS, aggregate, prediction_set, softmax, temper
 from service.vision.batcher import BatchObserver, DynamicBatcher
 from service.vision.preprocess import ImageLimits, decode_image
-from service.vision.views import Contract, make_views
 
 
 @dataclass(frozen=True)
@@ -73,32 +74,34 @@ class _Observer(BatchObserver):
         self.queue_hist.observe(seconds)
 
 
+def load_contract(manifest: VisionManifest) -> PreprocessContract:
+    """The entry's preprocessing contract (`preprocess.json`, versioned)."""
+    path = manifest.path(manifest.preprocess)
+    return PreprocessContract.from_dict(read_json(path), str(path))
+
+
 class VisionModel:
     kind = "image-classification"
     context_length = None
 
-    def __init__(self, model_dir: Path, settings: Settings, metrics: Metrics, runner=None) -> None:  # type: ignore[no-untyped-def]
-        manifest = json.loads((model_dir / "kiln.json").read_text())
-        self.name = manifest.get("name", model_dir.name)
+    def __init__(
+        self,
+        manifest: VisionManifest,
+        contract: PreprocessContract,
+        settings: Settings,
+        metrics: Metrics,
+        runner: TritonClassifierRunner | None = None,
+    ) -> None:
+        self.name = manifest.name
         self.settings = settings
         self.metrics = metrics
-        self.contract = Contract.from_dict(
-            json.loads((model_dir / manifest.get("preprocess", "preprocess.json")).read_text())
-        )
-        cal_file = manifest.get("calibration")
-        self.calibration = json.loads((model_dir / cal_file).read_text()) if cal_file else None
+        self.contract = contract
+        self.calibration = Calibration.read(manifest.path(manifest.calibration)) if manifest.calibration else None
         self.labels = list(self.contract.labels)
         self.runner = runner  # TritonClassifierRunner when the network runs in Triton
         self.session = None
         if runner is None:
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if settings.intra_op_threads > 0:
-                opts.intra_op_num_threads = settings.intra_op_threads
-            opts.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(
-                str(model_dir / manifest["files"]["fp32"]), opts, providers=["CPUExecutionProvider"]
-            )
+            self.session = cpu_session(manifest.path(manifest.files["fp32"]), settings.intra_op_threads)
         self.limits = ImageLimits(
             formats=frozenset(f.strip().upper() for f in settings.image_formats.split(",") if f.strip()),
             max_pixels=settings.max_image_pixels,
@@ -219,7 +222,8 @@ class VisionModel:
         self.metrics.classify_views.labels(self.name, protocol).inc(len(views))
 
         pipeline = opts.pipeline
-        temperature = float(self.calibration["temperature"][pipeline]) if opts.calibrated else 1.0
+        cal = self.calibration
+        temperature = cal.temperature[pipeline] if cal is not None and opts.calibrated else 1.0
         results, offset = [], 0
         for i, p in enumerate(prepared):
             v = len(p.names)
@@ -234,9 +238,9 @@ class VisionModel:
                 "num_views": v,
                 "top": [{"label": self.labels[j], "index": int(j), "probability": float(probs[j])} for j in order],
             }
-            if opts.prediction_set:
-                conformal = self.calibration["conformal"]  # type: ignore[index]
-                members = prediction_set(probs, float(conformal["thresholds"][pipeline]), conformal["method"])
+            if opts.prediction_set and cal is not None:
+                conformal = cal.conformal
+                members = prediction_set(probs, conformal.thresholds[pipeline], conformal.method)
                 result["prediction_set"] = [self.labels[j] for j in members]
             if opts.return_views:
                 result["views"] = [
@@ -252,11 +256,10 @@ class VisionModel:
             "total_ms": total * 1000,
         }
         calibration = None
-        if opts.calibrated or opts.prediction_set:
-            conformal = self.calibration["conformal"]  # type: ignore[index]
+        if cal is not None and (opts.calibrated or opts.prediction_set):
             calibration = {"pipeline": pipeline, "temperature": temperature}
             if opts.prediction_set:
-                calibration |= {"method": conformal["method"], "coverage_target": 1 - float(conformal["alpha"])}
+                calibration |= {"method": cal.conformal.method, "coverage_target": cal.conformal.coverage_target}
         return {
             "model": self.name,
             "labels": self.labels,

@@ -77,7 +77,7 @@ def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> Image.Imag
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
         img.load()
-        img = ImageOps.exif_transpose(img) or img
-        return img.convert("RGB")
+        upright: Image.Image = ImageOps.exif_transpose(img) or img
+        return upright.convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidRequest(f"{where} is truncated or corrupt: {exc}", code="truncated_image") from exc

@@ -29,7 +29,9 @@ from tests.live_server import free_port
 pytestmark = pytest.mark.slow
 
 BASE_TAG = "localhost/local/py-base:bookworm"
-IMAGE_TAG = "localhost/kiln-gateway:smoke"
+# Per process: the layer cache is shared by every run on the machine, the image under test is not
+# (two concurrent runs with one tag would remove each other's image).
+IMAGE_TAG = f"localhost/kiln-gateway:smoke-{os.getpid()}"
 CACHE = Path(os.environ.get("KILN_SMOKE_CACHE", Path.home() / ".cache" / "kiln-deploy"))
 
 
@@ -119,7 +121,7 @@ def _context(tmp: Path, wheels: Path) -> Path:
     for name in ("pyproject.toml", "README.md", ".dockerignore"):
         shutil.copy2(ROOT / name, ctx / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("service", "export", "docker"):
+    for name in ("service", "export", "contracts", "cli", "docker"):
         shutil.copytree(ROOT / name, ctx / name, ignore=ignore)
     for whl in wheels.iterdir():
         shutil.copy2(whl, ctx / "docker" / "wheels" / whl.name)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from export.models.llama import LlamaConfig, LlamaLM
+from export.models.llama import LlamaLM
 from export.tokenizer import train_tokenizer
 from tests.conftest import TINY_TEXT
+from tests.models import save_tiny_hf_llama, tiny_llama_config
 
 
 @pytest.fixture(scope="module")
@@ -19,27 +20,8 @@ def tokenizer():  # type: ignore[no-untyped-def]
 
 
 def _hf_llama_dir(tmp_path, tokenizer, tie: bool = False):  # type: ignore[no-untyped-def]
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=96,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=tie,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    hf.save_pretrained(tmp_path)
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
-    return hf
+    pytest.importorskip("transformers")
+    return save_tiny_hf_llama(tmp_path, tokenizer, tie_word_embeddings=tie)
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -67,16 +49,7 @@ def test_hf_llama_gqa_logits_match_transformers(tmp_path, tokenizer, tie) -> Non
 
 def test_kiln_checkpoint_round_trips(tmp_path, tokenizer) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(3)
-    model = LlamaLM(
-        LlamaConfig(
-            vocab_size=tokenizer.get_vocab_size(),
-            hidden_size=32,
-            num_layers=1,
-            num_heads=4,
-            num_kv_heads=1,
-            intermediate_size=64,
-        )
-    )
+    model = LlamaLM(tiny_llama_config(tokenizer.get_vocab_size(), num_layers=1, num_kv_heads=1))
     save_checkpoint(model, tokenizer, tmp_path)
     loaded = load_checkpoint(tmp_path)
     assert loaded.source == "kiln"
@@ -92,7 +65,7 @@ def test_unsupported_checkpoints_are_refused_with_a_reason(tmp_path, tokenizer) 
     raw = json.loads((tmp_path / "config.json").read_text())
     raw["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
     (tmp_path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match="RoPE scaling"):
+    with pytest.raises(CheckpointError, match="rope_type 'llama3' needs rope_scaling.low_freq_factor"):
         load_checkpoint(tmp_path)
     raw["model_type"], raw["architectures"] = "gpt2", ["GPT2LMHeadModel"]
     (tmp_path / "config.json").write_text(json.dumps(raw))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -60,3 +61,31 @@ def test_fused_graph_is_a_few_kernels_per_layer(tmp_path, tokenizer) -> None:  #
     assert ops["MatMul"] == 5 * layers + 1  # QKV, output, gate, up, down; LM head
     assert ops["Softmax"] == 0 and ops["Concat"] == 0
     assert len(graph.node) <= 12 * layers + 10
+
+
+def test_a_config_gqa_cannot_run_gets_the_standard_graph_only(tmp_path) -> None:
+    """head_dim 8: GroupQueryAttention's rotary needs a multiple of 16, so no fused graph; the
+    manifest lists only the standard one (which the runner then serves)."""
+    from export.checkpoint import save_checkpoint
+    from export.models.llama import LlamaConfig, LlamaLM
+    from export.pipeline import export_checkpoint
+    from export.tokenizer import train_tokenizer
+    from tests.conftest import TINY_TEXT
+
+    tok = train_tokenizer(TINY_TEXT * 3, vocab_size=300)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2)
+    ckpt = save_checkpoint(LlamaLM(cfg).eval(), tok, tmp_path / "ckpt")
+    report = export_checkpoint(ckpt, tmp_path / "repo", "m", variants=False, val_texts=TINY_TEXT)
+    assert "rotary dim 8" in report["fused_skipped"] and set(report["verification"]) == {"fp32"}
+    manifest = json.loads((tmp_path / "repo/m/kiln.json").read_text())
+    assert manifest["files"] == {"fp32": "1/model.onnx"} and "fused" not in manifest["graphs"]
+
+
+def test_windowed_fused_graph_needs_the_runtime_that_counts_windows_like_transformers() -> None:
+    from export.fused_graph import fused_unsupported
+    from export.models.config import DecoderConfig
+
+    cfg = DecoderConfig(hidden_size=64, num_heads=4, num_kv_heads=2, sliding_window=8)
+    assert fused_unsupported(cfg, "1.32.0") is None
+    assert "onnxruntime >= 1.23" in fused_unsupported(cfg, "1.22.1")
+    assert fused_unsupported(DecoderConfig(hidden_size=64, num_heads=4, num_kv_heads=2), "1.22.1") is None

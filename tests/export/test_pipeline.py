@@ -11,26 +11,18 @@ from google.protobuf import text_format
 
 from export import pipeline
 from export.checkpoint import load_checkpoint, save_checkpoint
-from export.models.llama import LlamaConfig, LlamaLM
+from export.models.llama import LlamaLM
 from export.onnx_export import export_lm_onnx
 from export.tokenizer import train_tokenizer
 from export.verify import VerificationError, verify_lm
 from tests.conftest import TINY_TEXT
+from tests.models import save_tiny_hf_llama, tiny_llama_config
 
 
 def _tiny_checkpoint(root, seed: int = 0):  # type: ignore[no-untyped-def]
     tok = train_tokenizer(TINY_TEXT * 3, vocab_size=300)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    return save_checkpoint(LlamaLM(cfg).eval(), tok, root / "ckpt")
+    return save_checkpoint(LlamaLM(tiny_llama_config(tok.get_vocab_size())).eval(), tok, root / "ckpt")
 
 
 def test_repository_entry_has_the_documented_layout(tiny_lm_repo) -> None:
@@ -50,7 +42,9 @@ def test_repository_entry_has_the_documented_layout(tiny_lm_repo) -> None:
         "fp32": "1/model.onnx",
         "fused": "1/model.fused.onnx",
     }
-    assert manifest["graphs"] == {"fused": "gqa"}
+    assert manifest["graphs"] == {"fp32": "standard", "fused": "gqa"}
+    assert manifest["manifest_version"] == 2 and manifest["eos_token_ids"] == [2]
+    assert len(manifest["state"]) == 2 and {s["kind"] for s in manifest["state"]} == {"attention_kv"}
     assert report["verification"]["fp32"]["passed"] and report["verification"]["fp32"]["max_abs_logits"] <= 1e-4
     assert set(report["verification"]["fp32"]["phases"]) >= {"prefill", "decode_0", "decode_preallocated"}
     assert report["perplexity"]["fp32"] > 1
@@ -121,23 +115,9 @@ def test_a_failed_export_leaves_the_previous_entry_untouched(tmp_path, monkeypat
 
 
 def test_a_hugging_face_llama_directory_exports(tmp_path) -> None:
-    transformers = pytest.importorskip("transformers")
     tok = train_tokenizer(TINY_TEXT * 3, vocab_size=300)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=96,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(hf_cfg).save_pretrained(tmp_path / "hf")
-    tok.save(str(tmp_path / "hf/tokenizer.json"))
+    save_tiny_hf_llama(tmp_path / "hf", tok)
     report = pipeline.export_checkpoint(tmp_path / "hf", tmp_path / "repo", "hf", variants=False, val_texts=TINY_TEXT)
     assert report["source"] == "huggingface" and report["verification"]["fp32"]["passed"]
-    manifest = json.loads((tmp_path / "repo/hf/kiln.json").read_text())
-    assert (manifest["num_heads"], manifest["num_kv_heads"], manifest["head_dim"]) == (6, 2, 16)
+    arch = json.loads((tmp_path / "repo/hf/kiln.json").read_text())["architecture"]
+    assert (arch["num_heads"], arch["num_kv_heads"], arch["head_dim"]) == (6, 2, 16)

@@ -69,7 +69,7 @@ def test_kiln_export_tensorrt_says_why_it_skipped(tmp_path) -> None:
     from tests.export.test_pipeline import _tiny_checkpoint
 
     ckpt = _tiny_checkpoint(tmp_path)
-    cmd = [sys.executable, "-m", "service.cli", "export", "--checkpoint", str(ckpt), "--repository", str(tmp_path)]
+    cmd = [sys.executable, "-m", "cli", "export", "--checkpoint", str(ckpt), "--repository", str(tmp_path)]
     out = subprocess.run([*cmd, "--name", "m", "--fp32-only", "--tensorrt"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "TensorRT engine skipped:" in out.stderr

@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import build_tiny_vision_repo
-from tests.integration.triton_support import gateway_client, running_triton, skip_unless_installed, wait_status
+from tests.integration.triton_support import running_triton, skip_unless_installed, wait_status
 from tests.service.vision.images import scene_png
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -41,18 +41,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def triton(repo: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     with running_triton(repo, [VIT], tmp_path_factory) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(repo: Path, triton):  # type: ignore[no-untyped-def]
-    with gateway_client(repo, triton.grpc_url) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def inprocess(repo: Path):  # type: ignore[no-untyped-def]
-    with gateway_client(repo) as client:
-        yield client
 
 
 def classify(client: TestClient, query: str, *images: bytes):  # type: ignore[no-untyped-def]

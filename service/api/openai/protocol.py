@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, KilnError
+
+# Kiln's finish reasons as OpenAI names them.
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "timeout": "length"}
+# The data plane's field names where OpenAI's differ (an error's `param` names the wire field).
+PARAM_NAMES = {"max_new_tokens": "max_tokens"}
+
+
+def token_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's `logit_bias` (JSON object keys are strings) as token id -> bias."""
+    try:
+        return {int(k): float(v) for k, v in (bias or {}).items()}
+    except ValueError as exc:
+        raise InvalidRequest("logit_bias keys must be token ids", code="invalid_parameter", param="logit_bias") from exc
+
+
+@contextmanager
+def openai_errors() -> Iterator[None]:
+    """Errors raised inside name OpenAI's request fields in `param`."""
+    try:
+        yield
+    except KilnError as exc:
+        exc.param = PARAM_NAMES.get(exc.param or "", exc.param)
+        raise
 
 
 class StreamOptions(BaseModel):
@@ -33,21 +57,21 @@ class CompletionRequest(BaseModel):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    # Kiln extensions (as vLLM does): top_k and repetition_penalty.
+    # Extensions, as vLLM names them.
     top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    min_tokens: int = Field(0, ge=0)
+    stop_token_ids: list[int] | None = None
 
     def refuse_unsupported(self) -> None:
         unsupported = {
             "echo": self.echo,
             "suffix": self.suffix is not None,
             "best_of": self.best_of not in (None, 1, self.n),
-            "presence_penalty": self.presence_penalty != 0.0,
-            "frequency_penalty": self.frequency_penalty != 0.0,
-            "logit_bias": bool(self.logit_bias),
         }
         for name, used in unsupported.items():
             if used:
@@ -56,10 +80,16 @@ class CompletionRequest(BaseModel):
             raise InvalidRequest(
                 "token-id prompts are not supported; send text", code="unsupported_parameter", param="prompt"
             )
+        if not self.prompts:
+            raise InvalidRequest("`prompt` must hold at least one prompt", code="empty_prompt", param="prompt")
 
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)  # type: ignore[arg-type]
+
+    @property
+    def logit_bias_ids(self) -> dict[int, float]:
+        return token_bias(self.logit_bias)
 
     @property
     def stops(self) -> list[str]:
@@ -99,7 +129,3 @@ class Completion(BaseModel):
 
     def sse(self) -> bytes:
         return f"data: {self.model_dump_json(exclude_none=False)}\n\n".encode()
-
-
-def dump(obj: Any) -> Any:
-    return obj.model_dump() if isinstance(obj, BaseModel) else obj

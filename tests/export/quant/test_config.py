@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cli.main import main
 from export.quant.config import QuantConfig, QuantConfigError
 from export.quant.quality import QuantBudgetError
-from service.cli import main
 
 
 @pytest.mark.parametrize(
@@ -26,9 +26,9 @@ def test_unsupported_values_are_refused(kwargs: dict, message: str) -> None:
 
 
 def test_a_block_size_that_does_not_divide_the_model_is_refused() -> None:
-    QuantConfig(block_size=32).check_shapes(96, 160)
-    with pytest.raises(QuantConfigError, match="does not divide the model's intermediate_size 160"):
-        QuantConfig(block_size=64).check_shapes(192, 160)
+    QuantConfig(block_size=32).check_shapes({"layers.0.qkv.w": 96, "layers.0.down.w": 160})
+    with pytest.raises(QuantConfigError, match="does not divide the input dimension 160 of layers.0.down.w"):
+        QuantConfig(block_size=64).check_shapes({"layers.0.qkv.w": 192, "layers.0.down.w": 160})
 
 
 def test_kiln_export_flags_reach_export_checkpoint(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -57,14 +57,18 @@ def test_kiln_export_flags_reach_export_checkpoint(monkeypatch, tmp_path) -> Non
     assert seen["quant"] == QuantConfig()  # no flag: the documented defaults
 
 
-def test_kiln_export_reports_a_missed_budget_or_bad_flag_in_one_line(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_kiln_export_reports_a_missed_budget_or_bad_flag_in_one_line(monkeypatch, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     import export.pipeline
 
     def over_budget(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise QuantBudgetError("quantized variants over their perplexity budget: int4 ...")
 
+    monkeypatch.delenv("KILN_DEBUG", raising=False)
     monkeypatch.setattr(export.pipeline, "export_checkpoint", over_budget)
-    with pytest.raises(SystemExit, match="^kiln export: quantized variants over their perplexity budget"):
-        main(["export", "--checkpoint", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"^kiln export: quant.block_size 24 \(--quant-block-size\)"):
-        main(["export", "--checkpoint", str(tmp_path), "--quant-block-size", "24"])
+    assert main(["export", "--checkpoint", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("kiln export: error: quantized variants over their perplexity budget") and err.count("\n") == 1
+    )
+    assert main(["export", "--checkpoint", str(tmp_path), "--quant-block-size", "24"]) == 1
+    assert capsys.readouterr().err.startswith("kiln export: error: quant.block_size 24 (--quant-block-size)")

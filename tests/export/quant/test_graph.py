@@ -27,7 +27,7 @@ def quantized(tmp_path, tokenizer, tie: bool, bits: int, head_bits: int):  # typ
     fused = build_fused_lm_onnx(model, tmp_path / "fused.onnx")
     weights = fused_weights(fused)
     projections = [n for n in weights if n not in (HEAD, EMBED)]
-    plan, embed = plan_weights(weights, projections, {}, bits, "rtn", head_bits, tie, CFG)
+    plan, embed = plan_weights(weights, projections, {}, bits, "rtn", head_bits, model.config, CFG)
     out = quantize_fused_graph(fused, tmp_path / "q.onnx", plan, embed, CFG.accuracy_level)
     return model, fused, out, plan, embed
 
@@ -76,7 +76,7 @@ def test_the_exact_twin_matches_the_dequantized_model_and_the_served_graph_is_cl
         verify_fused_lm(model, twin, 1e-4)
     # ... and so is a reference one quantization step off in a single weight.
     with torch.no_grad():
-        step = float(np.abs(plan["layers.0.down"].scales).max())
+        step = float(np.abs(plan["layers.0.down.w"].scales).max())
         reference.layers[0].mlp.down_proj.weight[0, 0] += step
     with pytest.raises(VerificationError):
         verify_fused_lm(reference, twin, 1e-4)

@@ -10,10 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
+from contracts.manifest import TextManifest
 from export.pipeline import export_checkpoint
 from export.quant.config import QuantConfig
 from export.quant.quality import QuantBudgetError
-from service.backends.onnxruntime_lm import FusedOrtLMRunner, LMManifest, make_runner
+from service.backends.onnxruntime_lm import make_runner
+from service.backends.ort_fused import FusedRunner
 from tests.conftest import TINY_TEXT, fused_greedy_by_recompute
 
 PROMPT = [1, 40, 41, 42, 43, 44, 45]
@@ -27,10 +29,15 @@ def entry_of(repo):  # type: ignore[no-untyped-def]
 def test_int8_and_int4_are_fused_graphs_on_matmulnbits(tiny_quant_lm_repo) -> None:
     entry, manifest, report = entry_of(tiny_quant_lm_repo)
     assert manifest["files"]["int8"] == "1/model.int8.onnx" and manifest["files"]["int4"] == "1/model.int4.onnx"
-    assert manifest["graphs"] == {"fused": "gqa", "int8": "gqa", "int4": "gqa"}
-    assert manifest["quantization"]["int4"]["algorithm"] == "gptq" and manifest["quantization"]["int4"]["bits"] == 4
-    assert manifest["quantization"]["int8"] == {**manifest["quantization"]["int8"], "bits": 8, "algorithm": "rtn"}
-    layers = manifest["num_layers"]
+    assert {k: manifest["graphs"][k] for k in ("fused", "int8", "int4")} == {
+        "fused": "gqa",
+        "int8": "gqa",
+        "int4": "gqa",
+    }
+    made = report["quantization"]["variants"]
+    assert (made["int4"]["algorithm"], made["int4"]["bits"], made["int4"]["head_bits"]) == ("gptq", 4, 8)
+    assert (made["int8"]["algorithm"], made["int8"]["bits"], made["int8"]["head_bits"]) == ("rtn", 8, 8)
+    layers = len(manifest["state"])
     for variant in ("int8", "int4"):
         ops = Counter(n.op_type for n in onnx.load(str(entry / manifest["files"][variant])).graph.node)
         assert ops["MatMulNBits"] == 5 * layers + 1 and ops["MatMul"] == 0 and ops["GatherBlockQuantized"] == 1
@@ -61,16 +68,17 @@ def test_every_quantized_graph_is_verified_and_measured(tiny_quant_lm_repo) -> N
 
 @pytest.mark.parametrize("variant", ["int4", "int8"])
 def test_the_fused_runner_serves_the_quantized_graph_greedily(tiny_quant_lm_repo, variant: str) -> None:
-    manifest = LMManifest.load(tiny_quant_lm_repo / "tiny-lm", variant)
-    assert manifest.graph == "gqa" and manifest.onnx_file.name == f"model.{variant}.onnx"
-    runner = make_runner(manifest, max_batch=2, max_seq_len=64, threads=1)
-    assert type(runner) is FusedOrtLMRunner
+    manifest = TextManifest.read(tiny_quant_lm_repo / "tiny-lm")
+    graph = manifest.graph(variant)
+    assert graph.contract == "gqa" and graph.path.name == f"model.{variant}.onnx"
+    runner = make_runner(manifest, variant, max_batch=2, max_seq_len=64, threads=1)
+    assert type(runner) is FusedRunner
     logits = runner.prefill(0, PROMPT)
     tokens = []
     for _ in range(16):
         tokens.append(int(np.argmax(logits)))
         logits = runner.decode(np.array([tokens[-1]]))[0]
-    assert tokens == fused_greedy_by_recompute(manifest.onnx_file, PROMPT, 16)
+    assert tokens == fused_greedy_by_recompute(graph.path, PROMPT, 16)
 
 
 def test_an_export_over_its_perplexity_budget_fails_and_writes_nothing(tiny_quant_lm_repo, tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contracts.aggregate import softmax
 from export.vision.calibration import (
     conformal_scores,
     conformal_threshold,
@@ -13,7 +14,6 @@ from export.vision.calibration import (
     image_probs,
     set_metrics,
 )
-from service.vision.aggregate import softmax
 
 
 def synthetic(n: int, true_t: float, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:

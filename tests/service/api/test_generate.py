@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import wait_ready
+from tests.sse import generate_events as sse
 
 
 @pytest.fixture(scope="module")
@@ -18,26 +17,6 @@ def client(tiny_lm_repo):  # type: ignore[no-untyped-def]
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
         yield c
-
-
-def sse(client: TestClient, body: dict) -> tuple[list[dict], dict]:
-    chunks, final = [], None
-    with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                (chunks if event is None else []).append(json.loads(data))
-                if event == "finish":
-                    final = json.loads(data)
-    assert final is not None
-    return chunks, final
 
 
 def test_generate_returns_text_usage_and_timings(client: TestClient) -> None:
@@ -141,8 +120,8 @@ def test_metrics_count_requests_tokens_and_latency(client: TestClient) -> None:
     client.post("/generate", json={"prompt": ""})
     text = client.get("/metrics").text
     for name in (
-        'kiln_requests_total{protocol="http",route="/generate",status="200"}',
-        'kiln_requests_total{protocol="http",route="/generate",status="400"}',
+        'kiln_requests_total{protocol="http",route="/generate",status="200",task="text-generation"}',
+        'kiln_requests_total{protocol="http",route="/generate",status="400",task="text-generation"}',
         "kiln_request_duration_seconds_bucket",
         "kiln_time_to_first_token_seconds_bucket",
         "kiln_inter_token_latency_seconds_bucket",

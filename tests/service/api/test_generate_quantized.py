@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.backends.onnxruntime_lm import FusedOrtLMRunner
+from service.backends.ort_fused import FusedRunner
 from service.settings import Settings
 from tests.conftest import fused_greedy_by_recompute, wait_ready
 
@@ -26,8 +26,8 @@ def client(tiny_quant_lm_repo):  # type: ignore[no-untyped-def]
 
 def test_int4_variant_is_served_by_the_fused_runner(client: TestClient) -> None:
     model = client.app.state.registry.text["tiny-lm"]
-    assert model.manifest.onnx_file.name == "model.int4.onnx" and model.manifest.graph == "gqa"
-    assert type(model.runner) is FusedOrtLMRunner
+    assert model.graph.path.name == "model.int4.onnx" and model.graph.contract == "gqa"
+    assert type(model.runner) is FusedRunner
 
 
 def test_generate_streams_the_int4_graphs_greedy_tokens(client: TestClient) -> None:
@@ -40,7 +40,7 @@ def test_generate_streams_the_int4_graphs_greedy_tokens(client: TestClient) -> N
         for line in r.iter_lines():
             if line.startswith("data: {") and "token" in (data := json.loads(line[6:])):
                 tokens.append(data["token"])
-    assert tokens == fused_greedy_by_recompute(model.manifest.onnx_file, model.encode(prompt), 12)
+    assert tokens == fused_greedy_by_recompute(model.graph.path, model.encode(prompt), 12)
     whole = client.post("/generate", json={**body, "stream": False})
     assert whole.status_code == 200 and whole.json()["usage"]["completion_tokens"] == 12
     assert whole.json()["text"] == model.decode(tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.backends.onnxruntime_lm import CAPACITY_STEP
+from service.backends.ort_standard import CAPACITY_STEP
 from service.engine.engine import GenerationEngine
 from tests.service.engine.test_engine import PROMPT, make_engine, recompute_greedy, request
 
@@ -17,7 +17,7 @@ def chunked_engine(repo, chunk: int, max_batch: int = 4):  # type: ignore[no-unt
     engine = GenerationEngine(
         runner,
         decode=lambda ids: "".join(f"<{i}>" for i in ids),
-        eos_token_id=manifest.eos_token_id,
+        eos_token_ids=manifest.eos_token_ids,
         vocab_size=manifest.vocab_size,
         max_queue=8,
         prefill_tokens=chunk,

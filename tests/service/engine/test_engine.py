@@ -9,7 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.backends.onnxruntime_lm import FusedOrtLMRunner, LMManifest, OrtLMRunner, kv_cache_bytes, make_runner
+from contracts.manifest import TextManifest, past_name
+from service.backends.onnxruntime_lm import make_runner
+from service.backends.ort_fused import FusedRunner
+from service.backends.ort_standard import StandardRunner
 from service.engine.engine import GenerationEngine
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
 from service.engine.sampling import SamplingParams
@@ -25,14 +28,14 @@ GRAPH = {"variant": "fused"}
 
 
 def make_engine(repo, max_batch=4, max_seq_len=128, max_queue=8, step_delay_s=0.0):  # type: ignore[no-untyped-def]
-    manifest = LMManifest.load(next(repo.glob("*/kiln.json")).parent, GRAPH["variant"])
-    runner = make_runner(manifest, max_batch=max_batch, max_seq_len=max_seq_len, threads=1)
-    expected = OrtLMRunner if GRAPH["variant"] in ("fp32", "optimized") else FusedOrtLMRunner  # int8/int4: fused
+    manifest = TextManifest.read(next(repo.glob("*/kiln.json")).parent)
+    runner = make_runner(manifest, GRAPH["variant"], max_batch=max_batch, max_seq_len=max_seq_len, threads=1)
+    expected = StandardRunner if GRAPH["variant"] in ("fp32", "optimized") else FusedRunner  # int8/int4: fused
     assert type(runner) is expected, (GRAPH, type(runner))
     engine = GenerationEngine(
         runner,
         decode=lambda ids: "".join(f"<{i}>" for i in ids),
-        eos_token_id=manifest.eos_token_id,
+        eos_token_ids=manifest.eos_token_ids,
         vocab_size=manifest.vocab_size,
         max_queue=max_queue,
         step_delay_s=step_delay_s,
@@ -66,19 +69,20 @@ def request(prompt, n, sampling=GREEDY, **kw):  # type: ignore[no-untyped-def]
 
 def recompute_greedy(manifest, prompt, n):  # type: ignore[no-untyped-def]
     """Reference without a cache: run the whole traced (standard) graph over the sequence every step."""
-    onnx_file = LMManifest.load(manifest.model_dir, "fp32").onnx_file
-    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(manifest.graph("fp32").path), providers=["CPUExecutionProvider"])
     ids = list(prompt)
-    empty = np.zeros((1, manifest.num_kv_heads, 0, manifest.head_dim), np.float32)
+    empty = {
+        past_name(t): np.zeros((1, *layer.slot_shape(t, 0)), np.float32)
+        for layer in manifest.state
+        for t in layer.tensors
+    }
     for _ in range(n):
         feeds = {
             "input_ids": np.array([ids], np.int64),
             "position_ids": np.arange(len(ids), dtype=np.int64)[None],
             "attention_mask": np.ones((1, len(ids)), np.int64),
+            **empty,
         }
-        for i in range(manifest.num_layers):
-            feeds[f"past_key.{i}"] = empty
-            feeds[f"past_value.{i}"] = empty
         logits = sess.run(["logits"], feeds)[0]
         ids.append(int(np.argmax(logits[0, -1])))
     return ids[len(prompt) :]
@@ -205,9 +209,10 @@ def test_full_queue_is_refused_at_once_and_draining_refuses_everything(tiny_lm_r
 
 def test_kv_cache_memory_follows_the_formula_and_is_never_reallocated(tiny_lm_repo) -> None:
     manifest, runner, engine = make_engine(tiny_lm_repo, max_batch=3, max_seq_len=96)
-    expected = kv_cache_bytes(manifest.num_layers, manifest.num_kv_heads, manifest.head_dim, 3, 96)
+    arch = manifest.architecture  # 2 (K and V) x layers x slots x kv_heads x positions x head_dim x 4 bytes
+    expected = 2 * arch["num_layers"] * 3 * arch["num_kv_heads"] * 96 * arch["head_dim"] * 4
     assert runner.cache_bytes == expected
-    buffers = [a.ctypes.data for a in (*runner.keys, *runner.values)]
+    buffers = [runner.state.views[name].ctypes.data for name in runner.state.names]
     engine.start()
     try:
         collectors = []
@@ -219,7 +224,7 @@ def test_kv_cache_memory_follows_the_formula_and_is_never_reallocated(tiny_lm_re
             c.wait()
     finally:
         engine.stop()
-    assert [a.ctypes.data for a in (*runner.keys, *runner.values)] == buffers
+    assert [runner.state.views[name].ctypes.data for name in runner.state.names] == buffers
     assert runner.cache_bytes == expected
 
 

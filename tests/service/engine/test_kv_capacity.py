@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.backends.onnxruntime_lm import CAPACITY_STEP, FusedOrtLMRunner
+from service.backends.ort_fused import FusedRunner
+from service.backends.ort_standard import CAPACITY_STEP
 from service.engine.sampling import SamplingParams
 from tests.service.engine.test_engine import PROMPT, make_engine, recompute_greedy, request
 
@@ -23,8 +24,8 @@ def test_greedy_across_capacity_steps_equals_full_recompute(tiny_lm_repo) -> Non
         engine.stop()
     assert fin.completion_tokens == n
     assert tokens == recompute_greedy(manifest, PROMPT, n)
-    if isinstance(runner, FusedOrtLMRunner):
-        assert runner.cap == runner.max_seq_len  # bound whole, from start-up on
+    if isinstance(runner, FusedRunner):
+        assert runner.state.cap == runner.max_seq_len  # bound whole, from start-up on
     else:
         assert runner.cap == CAPACITY_STEP  # back to the smallest capacity once idle
 
@@ -32,13 +33,13 @@ def test_greedy_across_capacity_steps_equals_full_recompute(tiny_lm_repo) -> Non
 def test_rows_moving_and_capacity_shrinking_inside_a_batch(tiny_lm_repo) -> None:
     _, runner, engine = make_engine(tiny_lm_repo, max_batch=4, max_seq_len=160)
     caps: list[tuple[int, int]] = []  # (new capacity, live rows) at every re-layout
-    set_capacity = runner._set_capacity
+    set_capacity = runner.state.set_capacity
 
     def record(cap: int) -> None:
         caps.append((cap, int((runner.lengths > 0).sum())))
         set_capacity(cap)
 
-    runner._set_capacity = record
+    runner.state.set_capacity = record
     engine.start()
     try:
         solo, c = request(PROMPT, 90, ignore_eos=True)
@@ -61,7 +62,7 @@ def test_rows_moving_and_capacity_shrinking_inside_a_batch(tiny_lm_repo) -> None
         engine.stop()
     assert batched_tokens == solo_tokens
     assert not runner.lengths.any()
-    if isinstance(runner, FusedOrtLMRunner):
+    if isinstance(runner, FusedRunner):
         assert all(cap == runner.max_seq_len for cap, _ in caps), caps  # never re-laid out
         return
     shrinks_while_live = [(a, b) for (a, _), (b, live) in zip(caps, caps[1:], strict=False) if b < a and live > 0]

@@ -34,7 +34,8 @@ def tiny_lm_repo(tiny_quant_lm_repo):  # type: ignore[no-untyped-def]
 
 def test_cached_greedy_equals_the_quantized_graphs_full_recompute(tiny_lm_repo, graph_variant) -> None:
     manifest, _, engine = make_engine(tiny_lm_repo)
-    assert manifest.onnx_file.name == f"model.{graph_variant}.onnx" and manifest.graph == "gqa"
+    graph = manifest.graph(graph_variant)
+    assert graph.path.name == f"model.{graph_variant}.onnx" and graph.contract == "gqa"
     engine.start()
     try:
         req, c = request(PROMPT, 24, ignore_eos=True)
@@ -43,4 +44,4 @@ def test_cached_greedy_equals_the_quantized_graphs_full_recompute(tiny_lm_repo, 
     finally:
         engine.stop()
     assert fin.reason == "length" and fin.completion_tokens == 24
-    assert tokens == fused_greedy_by_recompute(manifest.onnx_file, PROMPT, 24)
+    assert tokens == fused_greedy_by_recompute(graph.path, PROMPT, 24)

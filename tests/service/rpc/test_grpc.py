@@ -97,7 +97,8 @@ def test_health_service_and_reflection(live: Server) -> None:
 def test_grpc_traffic_is_counted_with_a_protocol_label(stub: pb_grpc.KilnStub, live: Server) -> None:
     stub.Generate(pb.GenerateRequest(prompt="x", max_new_tokens=2))
     text = httpx.get(f"{live.url}/metrics").text
-    assert 'kiln_requests_total{protocol="grpc",route="/kiln.v1.Kiln/Generate",status="OK"}' in text
+    labels = 'protocol="grpc",route="/kiln.v1.Kiln/Generate",status="OK",task="text-generation"'
+    assert f"kiln_requests_total{{{labels}}}" in text
     assert 'kiln_generation_tokens_total{model="tiny-lm",protocol="grpc"}' in text
 
 

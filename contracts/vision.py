@@ -1,5 +1,6 @@
-"""Views of an image: one global view plus an N×N grid of overlapping tiles, and their flips.
+"""The vision preprocessing contract (`preprocess.json`) and the pixel pipeline it defines.
 
+Views of an image: one global view plus an N×N grid of overlapping tiles, and their flips.
 This module is the single definition of the geometry and the pixel pipeline. The gateway uses
 it to serve, and the export side uses the very same functions to build training crops and to
 evaluate, so a model never sees pixels prepared differently from how it was trained.
@@ -12,12 +13,23 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "nearest": Image.NEAREST}
+from contracts.versions import check_version
+
+PREPROCESS_VERSION = 1
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 @dataclass(frozen=True)
-class Contract:
-    """The preprocessing contract written beside the model (`preprocess.json`)."""
+class PreprocessContract:
+    """The preprocessing contract written beside the model (`preprocess.json`).
+
+    Version 1 is also the layout written before the file carried a version, so a missing
+    `contract_version` reads as 1; any other version is refused.
+    """
 
     input_size: tuple[int, int]  # (height, width)
     mean: tuple[float, float, float]
@@ -28,7 +40,8 @@ class Contract:
     output_name: str = "logits"
 
     @classmethod
-    def from_dict(cls, d: dict) -> Contract:
+    def from_dict(cls, d: dict, source: str = "preprocess.json") -> PreprocessContract:
+        check_version(d, "contract_version", PREPROCESS_VERSION, source, default=1)
         return cls(
             input_size=(int(d["input_size"][0]), int(d["input_size"][1])),
             mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
@@ -41,6 +54,7 @@ class Contract:
 
     def to_dict(self) -> dict:
         return {
+            "contract_version": PREPROCESS_VERSION,
             "input_name": self.input_name,
             "output_name": self.output_name,
             "input_size": list(self.input_size),
@@ -89,16 +103,16 @@ def crop_resize(image: Image.Image, box: Box, size: tuple[int, int], resample: s
     return np.asarray(out, dtype=np.uint8)
 
 
-def normalize(pixels: np.ndarray, contract: Contract) -> np.ndarray:
+def normalize(pixels: np.ndarray, contract: PreprocessContract) -> np.ndarray:
     """uint8 [..., H, W, 3] → float32 [..., 3, H, W], scaled to [0, 1], then (x - mean) / std."""
-    x = pixels.astype(np.float32) * np.float32(1 / 255)
-    x = (x - np.asarray(contract.mean, np.float32)) / np.asarray(contract.std, np.float32)
+    scaled = pixels.astype(np.float32) * np.float32(1 / 255)
+    x: np.ndarray = (scaled - np.asarray(contract.mean, np.float32)) / np.asarray(contract.std, np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
 def make_views(
     image: Image.Image,
-    contract: Contract,
+    contract: PreprocessContract,
     mode: str = "multi",
     grid: int = 3,
     overlap: float = 0.25,

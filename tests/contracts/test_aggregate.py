@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.vision.aggregate import AGGREGATIONS, aggregate, prediction_set, softmax
+from contracts.aggregate import AGGREGATIONS, aggregate, prediction_set, softmax
 
 U = [0.25, 0.25, 0.25, 0.25]
 # One tile sees class 2 clearly, three views see nothing, one is mildly wrong.

@@ -15,7 +15,9 @@ Inputs: INPUT_IDS (prompt token ids; the gateway tokenizes), MAX_NEW_TOKENS and 
 TEMPERATURE, TOP_K, TOP_P, REPETITION_PENALTY, SEED, STOP (strings, matched here with the same
 StreamDecoder as in-process, so generation ends and the slot frees at the stop string; the
 gateway re-decodes the ids with the same stops to produce identical text), IGNORE_EOS,
-TIMEOUT_S, LOGPROBS. Engine settings come from config.pbtxt `parameters` (KILN_MAX_BATCH...).
+TIMEOUT_S, LOGPROBS (contracts/triton.py). Engine settings come from config.pbtxt `parameters`
+(KILN_MAX_BATCH..., rendered from contracts/engine.py's EngineConfig, the gateway's defaults), and
+the engine is assembled by the same builder the gateway uses (service/engine/build.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -39,8 +42,9 @@ sys.path.insert(0, os.path.join(HERE, "kiln_vendor"))
 
 from tokenizers import Tokenizer  # noqa: E402
 
-from service.backends.onnxruntime_lm import LMManifest, make_runner  # noqa: E402
-from service.engine.engine import GenerationEngine  # noqa: E402
+from contracts.engine import EngineConfig  # noqa: E402
+from contracts.manifest import TextManifest  # noqa: E402
+from service.engine.build import build_text_engine  # noqa: E402
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent  # noqa: E402
 from service.engine.sampling import SamplingParams  # noqa: E402
 from service.errors import KilnError  # noqa: E402
@@ -54,6 +58,11 @@ def _scalar(request, name: str, default):  # type: ignore[no-untyped-def]
     if tensor is None:
         return default
     return tensor.as_numpy().reshape(-1)[0].item()
+
+
+def _array(request, name: str) -> list:  # type: ignore[no-untyped-def]
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return [] if tensor is None else tensor.as_numpy().reshape(-1).tolist()
 
 
 def _strings(request, name: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -93,39 +102,25 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.name = args["model_name"]
-        manifest = LMManifest.load(Path(HERE) / "lm", params.get("KILN_LM_VARIANT", "fused"))
-        self.tokenizer = Tokenizer.from_file(str(manifest.tokenizer_file))
-        runner = make_runner(
+        manifest = TextManifest.read(Path(HERE) / "lm")
+        self.tokenizer = Tokenizer.from_file(str(manifest.path(manifest.tokenizer)))
+        config = EngineConfig.from_parameters(params)
+        self.engine = build_text_engine(
             manifest,
-            int(params.get("KILN_MAX_BATCH", 8)),
-            int(params.get("KILN_MAX_SEQ_LEN", 512)),
-            int(params.get("KILN_INTRA_OP_THREADS", 0)),
-        )
-        # Warm up before the engine thread owns the runner (same as the gateway's TextModel).
-        runner.prefill(0, [manifest.bos_token_id])
-        runner.decode(np.array([manifest.bos_token_id], dtype=np.int64))
-        runner.release_row(0)
-        self.engine = GenerationEngine(
-            runner,
+            config,
             decode=lambda ids: self.tokenizer.decode(list(ids), skip_special_tokens=True),
-            eos_token_id=manifest.eos_token_id,
-            vocab_size=manifest.vocab_size,
-            max_queue=int(params.get("KILN_MAX_QUEUE", 64)),
-            prefill_chunk=int(params.get("KILN_PREFILL_CHUNK", 4)),
-            prefill_tokens=int(params.get("KILN_PREFILL_CHUNK_TOKENS", 16)),
             name=self.name,
-            # Fault injection for drills and tests only (not written by the exporter).
-            step_delay_s=float(params.get("KILN_FAULT_STEP_DELAY_MS", 0)) / 1000.0,
         )
+        runner = self.engine.runner
         self.vocab_size = manifest.vocab_size
-        self._live: dict[int, tuple[GenerationRequest, object]] = {}  # id(request) -> (request, sender)
+        self._live: dict[int, tuple[GenerationRequest, Any]] = {}  # id(request) -> (request, response sender)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.engine.start()
         self._watcher = threading.Thread(target=self._watch_cancellations, name="kiln-cancel-watch", daemon=True)
         self._watcher.start()
         pb_utils.Logger.log_info(
-            f"{self.name}: Kiln engine on ONNX Runtime ({manifest.onnx_file.name}), "
+            f"{self.name}: Kiln engine on ONNX Runtime ({manifest.graph(config.lm_variant).path.name}), "
             f"{runner.max_batch} KV slots x {runner.max_seq_len} positions"
         )
 
@@ -155,6 +150,10 @@ class TritonPythonModel:
             top_k=int(_scalar(request, "TOP_K", 0)),
             top_p=float(_scalar(request, "TOP_P", 1.0)),
             repetition_penalty=float(_scalar(request, "REPETITION_PENALTY", 1.0)),
+            min_p=float(_scalar(request, "MIN_P", 0.0)),
+            presence_penalty=float(_scalar(request, "PRESENCE_PENALTY", 0.0)),
+            frequency_penalty=float(_scalar(request, "FREQUENCY_PENALTY", 0.0)),
+            logit_bias=tuple(zip(_array(request, "LOGIT_BIAS_IDS"), _array(request, "LOGIT_BIAS_VALUES"), strict=True)),
             seed=None if seed < 0 else int(seed),
         )
         holder: dict = {}
@@ -184,6 +183,8 @@ class TritonPythonModel:
             deadline=time.monotonic() + timeout if timeout > 0 else None,
             ignore_eos=bool(_scalar(request, "IGNORE_EOS", False)),
             logprobs=None if logprobs < 0 else logprobs,
+            min_tokens=int(_scalar(request, "MIN_TOKENS", 0)),
+            stop_token_ids=frozenset(int(t) for t in _array(request, "STOP_TOKEN_IDS")),
             protocol="triton",
         )
         holder["req"] = req

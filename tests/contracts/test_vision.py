@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.vision.views import Contract, make_views, normalize, tile_boxes, view_boxes
+from contracts.versions import ContractError
+from contracts.vision import PreprocessContract, make_views, normalize, tile_boxes, view_boxes
 
-C = Contract((16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", tuple("abc"))
+C = PreprocessContract((16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", tuple("abc"))
 
 
 def test_tiles_cover_the_image_with_the_requested_overlap() -> None:
@@ -55,3 +56,13 @@ def test_a_tile_sees_a_small_object_the_global_view_shrinks() -> None:
     assert peak["tile_0_0"] == pytest.approx(2.0)  # full white survives in the tile
     assert -2.0 < peak["global"] < 1.0  # smeared into the background by the 8× downscale
     assert peak["tile_2_2"] == pytest.approx(-2.0)  # nothing there
+
+
+def test_preprocess_contract_round_trips_and_refuses_an_unknown_version() -> None:
+    data = C.to_dict()
+    assert data["contract_version"] == 1
+    assert PreprocessContract.from_dict(data) == C
+    legacy = {k: v for k, v in data.items() if k != "contract_version"}  # written before versions: v1
+    assert PreprocessContract.from_dict(legacy) == C
+    with pytest.raises(ContractError, match="contract_version 2.*re-export"):
+        PreprocessContract.from_dict({**data, "contract_version": 2})

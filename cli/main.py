@@ -1,9 +1,15 @@
-"""`kiln` command line. Export subcommands import torch lazily; `serve` never does."""
+"""`kiln` command line. Export subcommands import torch lazily; `serve` never does.
+
+A command that fails for a reason the user can act on (a checkpoint Kiln cannot read, a graph
+that fails verification, a manifest of another version) prints one line, `kiln <command>:
+error: <reason>`, and exits 1; `KILN_DEBUG=1` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,22 +58,18 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(json.dumps(report["summary"], indent=2, default=str)[:4000])
         return
     from export.pipeline import export_checkpoint
-    from export.quant.config import QuantConfigError, from_args
-    from export.quant.quality import QuantBudgetError
+    from export.quant.config import from_args
 
-    try:
-        report = export_checkpoint(
-            Path(args.checkpoint),
-            Path(args.repository),
-            args.name or DEMO_LM_NAME,
-            variants=not args.fp32_only,
-            target=args.target,
-            tensorrt=args.tensorrt,
-            fp16=args.fp16,
-            quant=from_args(args),
-        )
-    except (QuantConfigError, QuantBudgetError) as exc:  # a setting or a budget: one line, no traceback
-        raise SystemExit(f"kiln export: {exc}") from None
+    report = export_checkpoint(
+        Path(args.checkpoint),
+        Path(args.repository),
+        args.name or DEMO_LM_NAME,
+        variants=not args.fp32_only,
+        target=args.target,
+        tensorrt=args.tensorrt,
+        fp16=args.fp16,
+        quant=from_args(args),  # a bad flag or a missed perplexity budget: one line, like every error
+    )
     print(json.dumps(report.get("summary", report), indent=2, default=str)[:4000])
     if "triton" in report:
         print(f"Triton model (decoupled python backend running Kiln's engine): {report['triton']['path']}")
@@ -93,7 +95,7 @@ def cmd_demo_scene(args: argparse.Namespace) -> None:
         print(path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     from export.quant.config import add_arguments as add_quant_arguments  # torch-free
 
     parser = argparse.ArgumentParser(prog="kiln", description="Kiln: export and serve models.")
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--checkpoint",
         default=str(DEMO_LM_CHECKPOINT),
-        help="Kiln or Hugging Face Llama directory, or a classifier checkpoint (config.json kind image-classification)",
+        help="Kiln or Hugging Face decoder directory (docs/models.md), "
+        "or a classifier checkpoint (config.json kind image-classification)",
     )
     p.add_argument("--weights", help="classifiers: a weights file other than model.safetensors (.safetensors or .pth)")
     p.add_argument("--repository", default="model_repository")
@@ -141,7 +144,17 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_export)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("KILN_DEBUG"):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"kiln {args.command}: error: {reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""Runs the fused graph (export/fused_graph.py): GroupQueryAttention updates the cache itself.
+
+Each state tensor's `past_*` input and `present_*` output are bound to the same slot memory,
+so ONNX Runtime writes the new tokens' keys/values straight into their positions (rotary
+already applied) and the runner copies nothing back. A row's valid positions are always
+0..length-1, so `seqlens_k` (its length after the call, minus 1) tells the kernel where the
+new tokens go and how far to attend. The graph returns logits of the last position only.
+
+The kernel reads each row only up to its own length, so a longer buffer costs nothing: the
+state is bound at its full capacity and never re-laid out. The decode binding for a given
+batch size is made once, its inputs bound to preallocated arrays that each step overwrites in
+place (ONNX Runtime reads CPU inputs from the array's memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from contracts.manifest import GraphFile, TextManifest, past_name, present_name
+from service.backends.ort_runner import OrtRunner
+
+
+class FusedRunner(OrtRunner):
+    def __init__(self, manifest: TextManifest, graph: GraphFile, *args: Any, **kwargs: Any) -> None:
+        super().__init__(manifest, graph, *args, **kwargs)
+        self._prefill_binding = self.session.io_binding()
+        self._decode_bindings: dict[int, tuple[ort.IOBinding, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _bind(self, binding: ort.IOBinding, ids: np.ndarray, seqlens: np.ndarray, total: np.ndarray, row: int) -> None:
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("seqlens_k", seqlens)
+        binding.bind_cpu_input("total_sequence_length", total)
+        binding.bind_output("logits", "cpu")
+        for name, view in self.state.views.items():
+            shape = [ids.shape[0], *view.shape[1:]]
+            ptr = view[row].ctypes.data  # rows row.. are contiguous in the buffer
+            binding.bind_input(past_name(name), "cpu", 0, np.float32, shape, ptr)
+            binding.bind_output(present_name(name), "cpu", 0, np.float32, shape, ptr)
+
+    def _run(self, binding: ort.IOBinding) -> np.ndarray:
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()  # only the logits: the presents *are* the state
+
+    def extend(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        n = len(token_ids)
+        start = self._check_room(row, n)
+        b = self._prefill_binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        ids = np.asarray(token_ids, np.int64)[None, :]
+        self._bind(b, ids, np.array([start + n - 1], np.int32), np.array(start + n, np.int32), row)
+        logits = self._run(b)
+        self.lengths[row] = start + n
+        return logits[0]
+
+    def decode(self, last_tokens: np.ndarray) -> np.ndarray:
+        n = last_tokens.shape[0]
+        if n not in self._decode_bindings:
+            ids, seqlens, total = np.zeros((n, 1), np.int64), np.zeros(n, np.int32), np.zeros((), np.int32)
+            binding = self.session.io_binding()
+            self._bind(binding, ids, seqlens, total, 0)
+            self._decode_bindings[n] = (binding, ids, seqlens, total)
+        binding, ids, seqlens, total = self._decode_bindings[n]
+        lengths = self.lengths[:n]
+        ids[:, 0] = last_tokens
+        seqlens[:] = lengths  # the new token lands at position `length`: total - 1 == length
+        total[...] = int(lengths.max()) + 1
+        logits = self._run(binding)
+        lengths += 1
+        return logits

@@ -1,0 +1,35 @@
+"""ONNX Runtime sessions as Kiln runs them: every graph optimization, CPU, one inter-op thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+
+def cpu_session(path: Path, threads: int = 0, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """`threads` intra-op threads (0 = ONNX Runtime's default, one per core); with `profile_prefix`,
+    ONNX Runtime's profiler records every kernel (the benchmark's step breakdown)."""
+    opts = ort.SessionOptions()
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    check_runtime(session, path)
+    return session
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:3] if part.isdigit())
+
+
+def check_runtime(session: ort.InferenceSession, path: Path) -> None:
+    """Refuse a graph whose semantics need a newer ONNX Runtime than this one (export records the
+    floor as `kiln.min_onnxruntime`, e.g. for GroupQueryAttention's sliding window)."""
+    needed = session.get_modelmeta().custom_metadata_map.get("kiln.min_onnxruntime")
+    if needed and version_tuple(ort.__version__) < version_tuple(needed):
+        raise RuntimeError(f"{path.name} needs onnxruntime>={needed}; this gateway has {ort.__version__}")

@@ -1,0 +1,156 @@
+"""Runs the traced standard graph (export/onnx_export.py) over the slot state.
+
+The graph takes the past (`past_*`, [n, kv_heads, cap, head_dim] per tensor) and returns only
+the new tokens' keys/values (`new_*`), which the runner writes into each row's next positions.
+The past handed to ONNX Runtime for a decode step is the leading slice of the state buffers,
+rows 0..n-1: contiguous, bound by pointer through IOBinding, never copied.
+
+Attention does not run over all `max_seq_len` positions. The state is laid out with a row
+*capacity* `cap` (a multiple of `CAPACITY_STEP` ≥ the longest live sequence + 1, see
+SlotState.set_capacity). When the longest sequence outgrows `cap` the rows are re-laid out at
+the next capacity (one copy of the live positions every `CAPACITY_STEP` tokens, no
+allocation); when the batch empties or shrinks to half the capacity, `cap` shrinks the same
+way. So a decode step reads only about as many positions as the longest live sequence needs,
+instead of the whole preallocated length (with 8 sequences the full buffer can outweigh the
+weights). The attention mask follows from the lengths: a row's valid positions are 0..len-1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from contracts.manifest import ATTENTION_KV, GraphFile, TextManifest, new_name, past_name
+from service.backends.ort_runner import OrtRunner
+
+CAPACITY_STEP = 32  # positions are attended in multiples of this (re-layout every 32 tokens)
+
+
+class StandardRunner(OrtRunner):
+    def __init__(self, manifest: TextManifest, graph: GraphFile, *args: Any, **kwargs: Any) -> None:
+        super().__init__(manifest, graph, *args, **kwargs)
+        if any(layer.kind != ATTENTION_KV for layer in manifest.state):
+            raise ValueError(f"{manifest.name}: the standard graph contract carries attention state only")
+        self._names = self.state.names
+        self._layer_axis = {name: int(self.state.positions_axis(name) or 0) for name in self._names}
+        self._empty_past = {name: np.zeros(self.state.shape(name, 1, 0), np.float32) for name in self._names}
+        self._binding = self.session.io_binding()
+        self._prefill_binding = self.session.io_binding()
+        self._output_names = [out.name for out in self.session.get_outputs()]
+        self._out_index = {name: self._output_names.index(new_name(name)) for name in self._names}
+        # Per-step inputs live in preallocated buffers; a step only takes views of them.
+        self._mask_buf = np.zeros(self.max_batch * (self.max_seq_len + 1), np.int64)
+        self._ids_buf = np.zeros((self.max_batch, 1), np.int64)
+        self._pos_buf = np.zeros((self.max_batch, 1), np.int64)
+        self._columns = np.arange(self.max_seq_len)
+        self._rows = np.arange(self.max_batch)
+        self.state.set_capacity(self._capacity_for(1))  # nothing is live yet: no copy
+
+    @property
+    def cap(self) -> int:
+        return self.state.cap
+
+    # ---- capacity (how many positions a step attends to) ---------------------------------------
+    def _capacity_for(self, needed: int) -> int:
+        step = CAPACITY_STEP
+        return min(self.max_seq_len, max(step, -(-needed // step) * step))
+
+    def _set_capacity(self, cap: int) -> None:
+        self.state.set_capacity(cap)
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed > self.cap:
+            self._set_capacity(self._capacity_for(needed))
+
+    # ---- model calls ---------------------------------------------------------------------------
+    def extend(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append `token_ids` to row `row` (one prefill chunk); return logits of the last one.
+
+        A row holding nothing yet is prefilled with an empty past. Otherwise the chunk attends
+        to the row's cached prefix (its valid positions at the current capacity, bound in
+        place) and, causally, to itself; its keys/values go into the row's next positions. Only
+        this row runs, so the rows decoding around it are untouched.
+        """
+        n = len(token_ids)
+        start = self._check_room(row, n)
+        ids = np.asarray(token_ids, np.int64)[None, :]
+        positions = np.arange(start, start + n, dtype=np.int64)[None, :]
+        if start == 0:
+            feeds: dict[str, np.ndarray] = {
+                "input_ids": ids,
+                "position_ids": positions,
+                "attention_mask": np.ones((1, n), np.int64),
+            }
+            feeds.update({past_name(name): empty for name, empty in self._empty_past.items()})
+            outputs = self.session.run(None, feeds)
+            self._ensure_capacity(n + 1)
+        else:
+            self._ensure_capacity(start + n + 1)
+            cap = self.cap
+            mask = np.ones((1, cap + n), np.int64)
+            mask[0, :cap] = self._columns[:cap] < start
+            b = self._prefill_binding
+            b.clear_binding_inputs()
+            b.clear_binding_outputs()
+            b.bind_cpu_input("input_ids", ids)
+            b.bind_cpu_input("position_ids", positions)
+            b.bind_cpu_input("attention_mask", mask)
+            for name, view in self.state.views.items():
+                shape = [1, *view.shape[1:]]
+                b.bind_input(past_name(name), "cpu", 0, np.float32, shape, view[row].ctypes.data)
+            for name in self._output_names:
+                b.bind_output(name, "cpu")
+            self.session.run_with_iobinding(b)
+            outputs = b.copy_outputs_to_cpu()
+        end = start + n
+        for name, view in self.state.views.items():
+            axis = self._layer_axis[name] - 1  # within one row
+            index: list[slice] = [slice(None)] * (view.ndim - 1)
+            index[axis] = slice(start, end)
+            view[row][tuple(index)] = outputs[self._out_index[name]][0]
+        self.lengths[row] = end
+        return outputs[0][0, -1]
+
+    def decode(self, last_tokens: np.ndarray) -> np.ndarray:
+        """One token for each of rows 0..n-1; returns logits [n, vocab]."""
+        n = last_tokens.shape[0]
+        lengths = self.lengths[:n]
+        self._ensure_capacity(int(lengths.max()) + 1)
+        cap = self.cap
+        b = self._binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        ids = self._ids_buf[:n]
+        ids[:, 0] = last_tokens
+        positions = self._pos_buf[:n]
+        positions[:, 0] = lengths
+        mask = self._mask_buf[: n * (cap + 1)].reshape(n, cap + 1)
+        np.less(self._columns[None, :cap], lengths[:, None], out=mask[:, :cap], casting="unsafe")
+        mask[:, cap] = 1
+        b.bind_cpu_input("input_ids", ids)
+        b.bind_cpu_input("position_ids", positions)
+        b.bind_cpu_input("attention_mask", mask)
+        for name, view in self.state.views.items():
+            b.bind_input(past_name(name), "cpu", 0, np.float32, [n, *view.shape[1:]], view.ctypes.data)
+        for name in self._output_names:
+            b.bind_output(name, "cpu")
+        self.session.run_with_iobinding(b)
+        outputs = b.copy_outputs_to_cpu()
+        rows = self._rows[:n]
+        cols = lengths.copy()
+        for name, view in self.state.views.items():
+            axis = self._layer_axis[name]
+            index: list[Any] = [rows, *([slice(None)] * (view.ndim - 1))]
+            index[axis] = cols
+            view[tuple(index)] = np.take(outputs[self._out_index[name]], 0, axis=axis)
+        lengths += 1
+        return outputs[0][:, 0]
+
+    def release_row(self, row: int) -> None:
+        super().release_row(row)
+        # Shrink once the longest live sequence fits in half the capacity (or nothing is live).
+        target = self._capacity_for(int(self.lengths.max()) + 1)
+        if target * 2 <= self.cap or not self.lengths.any():
+            self._set_capacity(target)

@@ -1,0 +1,38 @@
+"""The seam between the engine and a model: rows of per-slot state that can be extended.
+
+The engine keeps its live sequences in rows 0..n-1 and drives a runner through this protocol
+only; it never sees the state's shapes, so a KV cache, a recurrent state or both fit behind it
+(service/backends/slot_state.py, the runners in service/backends/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+
+class ModelRunner(Protocol):
+    max_batch: int  # rows (slots)
+    max_seq_len: int  # positions a row can hold
+
+    def extend(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to the row's state (a prompt chunk); the last token's logits [vocab]."""
+        ...
+
+    def decode(self, last_tokens: np.ndarray) -> np.ndarray:
+        """One token for each of rows 0..n-1 (n = len(last_tokens)); logits [n, vocab]."""
+        ...
+
+    def move_row(self, src: int, dst: int) -> None:
+        """The sequence in row `src` continues in row `dst`."""
+        ...
+
+    def release_row(self, row: int) -> None:
+        """The row holds nothing any more."""
+        ...
+
+    def can_grow(self, row: int) -> bool:
+        """Whether the row has room for one more token."""
+        ...

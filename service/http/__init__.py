@@ -1,0 +1,1 @@
+"""The HTTP transport's cross-cutting parts: error mapping, middleware, cancellation, SSE."""
