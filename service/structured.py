@@ -118,6 +118,7 @@ class LlgConstraint:
         self._vocab = vocab_size
         self._bits = np.zeros((1, (vocab_size + 31) // 32), np.int32)
         self._allowed: np.ndarray | None = None
+        self._refused: str | None = None
 
     def prepare(self) -> None:
         if self._allowed is None:
@@ -134,9 +135,15 @@ class LlgConstraint:
 
     def advance(self, token: int) -> None:
         self._allowed = None
-        if not self._m.consume_token(token):  # sampled inside the mask: only a bug gets here
-            raise RuntimeError(f"structured output: token {token} was not allowed ({self._m.get_error()})")
+        if not self._m.consume_token(token) and self._refused is None:
+            self._refused = f"token {token} was refused"
 
     @property
     def done(self) -> bool:
         return bool(self._m.is_stopped())
+
+    @property
+    def error(self) -> str | None:
+        if self._refused is None and self._m.is_error():
+            return str(self._m.get_error()).splitlines()[0][:300]
+        return self._refused

@@ -73,4 +73,4 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
         raise InvalidRequest(
             f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})", code="invalid_parameter", param="tokens"
         )
-    return DetokenizeResponse(prompt=model.decode(body.tokens))
+    return DetokenizeResponse(prompt=model.decode(body.tokens, skip_special_tokens=False))  # /tokenize's inverse

@@ -30,3 +30,8 @@ class Constraint(Protocol):
     def done(self) -> bool:
         """Nothing more can follow: the sequence ends here (finish reason `stop`)."""
         ...
+
+    @property
+    def error(self) -> str | None:
+        """Why the matcher cannot go on (a grammar too complex mid-way): this sequence fails, alone."""
+        ...

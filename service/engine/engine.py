@@ -255,6 +255,9 @@ class GenerationEngine:
         seq.last_token_at = now
         seq.took(token)
         self.obs.tokens(self.name, seq.req.protocol, 1)
+        if seq.constraint is not None and seq.constraint.error:
+            self._finish(row, "error", f"structured output failed: {seq.constraint.error}")
+            return
         if token in self.eos and (not seq.req.ignore_eos or seq.constraint is not None):
             self._finish(row, "eos")
             return

@@ -169,8 +169,8 @@ class BaseTextModel:
         """Structured outputs for this model's vocabulary (llguidance's tokenizer is built on first use)."""
         return StructuredOutputs(self.tokenizer.to_str(), self.manifest.vocab_size, self.manifest.eos_token_ids)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_text(self, token_id: int) -> str:
         """One token as text, special tokens included (logprobs name tokens this way)."""
