@@ -25,7 +25,7 @@ def _mb(n: float) -> str:
     return f"{n / MB:.2f}"
 
 
-def _weights(info: dict) -> str:
+def _weights(info: dict | None) -> str:
     if info is None:
         return "fp32"
     algo = "GPTQ" if info["algorithm"] == "gptq" else "RTN"

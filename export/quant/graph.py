@@ -15,6 +15,7 @@ are stored twice, in the shapes each operator demands ([V, blocks] vs [V, blocks
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -72,7 +73,7 @@ def quantize_fused_graph(
             inputs = [node.input[0], packed_name(name, q), store(f"{name}.scales", q.scales)]
             if q.zero_points is not None:
                 inputs.append(store(f"{name}.zp", q.zero_points))
-            attrs = {"K": q.k, "N": q.n, "bits": q.bits, "block_size": q.block_size}
+            attrs: dict[str, Any] = {"K": q.k, "N": q.n, "bits": q.bits, "block_size": q.block_size}
             if accuracy_level:
                 attrs["accuracy_level"] = accuracy_level
             nodes.append(

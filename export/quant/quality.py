@@ -93,7 +93,7 @@ class QuantBudgetError(RuntimeError):
     """A quantized variant costs more validation perplexity than the export allows."""
 
 
-def check_budgets(measured: dict[str, dict[str, float]], budgets: dict[str, float], reference: str) -> dict:
+def check_budgets(measured: dict[str, dict[str, float]], budgets: dict[str, tuple[float, str]], reference: str) -> dict:
     """Perplexity increase (%) of each budgeted variant over the reference; raises once for all that exceed.
 
     `budgets` maps variant → (largest increase in %, the flag that sets it).

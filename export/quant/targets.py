@@ -47,12 +47,19 @@ def fused_targets(model: DecoderLM) -> dict[str, Target]:
     """Fused-graph weight name → its Linears, for every projection and the head."""
     out: dict[str, Target] = {}
     for i, layer in enumerate(model.layers):
-        p, attn, mlp = f"layers.{i}.", layer.self_attn, layer.mlp
-        out[p + "qkv.w"] = Target((attn.q_proj, attn.k_proj, attn.v_proj))
-        for tag in ("q", "k", "v"):
-            out[f"{p}{tag}.w"] = Target((getattr(attn, f"{tag}_proj"),))
-        out[p + "o.w"] = Target((attn.o_proj,))
+        p, attn, mlp = f"layers.{i}.", layer.get_submodule("self_attn"), layer.get_submodule("mlp")
+        q, k, v = (_linear(attn, f"{tag}_proj") for tag in ("q", "k", "v"))
+        out[p + "qkv.w"] = Target((q, k, v))
+        out.update({p + "q.w": Target((q,)), p + "k.w": Target((k,)), p + "v.w": Target((v,))})
+        out[p + "o.w"] = Target((_linear(attn, "o_proj"),))
         for tag in ("gate", "up", "down"):
-            out[f"{p}{tag}.w"] = Target((getattr(mlp, f"{tag}_proj"),))
+            out[f"{p}{tag}.w"] = Target((_linear(mlp, f"{tag}_proj"),))
     out[HEAD] = Target((model.lm_head,))
     return out
+
+
+def _linear(module: nn.Module, name: str) -> nn.Linear:
+    linear = module.get_submodule(name)
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"{name} is a {type(linear).__name__}, not a Linear")
+    return linear
