@@ -25,6 +25,8 @@ class EngineConfig:
     intra_op_threads: int = 0  # ONNX Runtime intra-op threads (0 = one per core)
     lm_variant: Variant = "fused"  # which exported graph to run (fp32 when absent)
     retry_after_s: int = 1  # Retry-After with 429
+    prefix_cache: bool = True  # finished sequences' positions serve later prompts that share a prefix
+    prefix_cache_shared: bool = False  # across API keys too (else each key reuses only its own)
     fault_step_delay_ms: float = 0.0  # fault injection only: extra delay per engine step
 
     def to_parameters(self) -> dict[str, str]:
@@ -39,5 +41,8 @@ class EngineConfig:
             raw = params.get(PREFIX + f.name.upper())
             if raw is not None:
                 kind = type(getattr(cls, f.name))
-                values[f.name] = kind(float(raw)) if kind is int else kind(raw)
+                if kind is bool:
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                else:
+                    values[f.name] = kind(float(raw)) if kind is int else kind(raw)
         return cls(**values)  # type: ignore[arg-type]

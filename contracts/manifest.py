@@ -235,12 +235,13 @@ class VisionManifest(EntryManifest):
     calibration: str | None = None
     arch: str = ""
     triton_model: str | None = None
+    views: str | None = None  # the views graph (image -> every view, contracts/view_plan.py); Pillow when absent
     root: Path | None = field(default=None, compare=False)
 
     kind: ClassVar[str] = VISION_KIND
 
     def body(self) -> dict:
-        optional = {"calibration": self.calibration, "triton_model": self.triton_model}
+        optional = {"calibration": self.calibration, "triton_model": self.triton_model, "views": self.views}
         return {
             "files": dict(self.files),
             "num_classes": self.num_classes,
@@ -258,6 +259,7 @@ class VisionManifest(EntryManifest):
             "calibration": data.get("calibration"),
             "arch": str(data.get("arch", "")),
             "triton_model": data.get("triton_model"),
+            "views": data.get("views"),
         }
 
 

@@ -88,7 +88,31 @@ class Metrics(EngineObserver):
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
+        self.classify_drift_psi = Gauge(
+            "kiln_classify_drift_psi",
+            "Population-stability index of the predicted classes in the rolling window against the calibration split.",
+            ["model", "pipeline"],
+            registry=r,
+        )
+        self.classify_drift_ks = Gauge(
+            "kiln_classify_drift_ks",
+            "Kolmogorov-Smirnov statistic of the window's top-1 confidences against the calibration split.",
+            ["model", "pipeline"],
+            registry=r,
+        )
+        self.classify_drift_images = Gauge(
+            "kiln_classify_drift_window_images",
+            "Images in the drift window the last statistics were computed on.",
+            ["model", "pipeline"],
+            registry=r,
+        )
         self.model_ready = Gauge("kiln_model_ready", "1 when the model is loaded and warm.", ["model"], registry=r)
+        self.prefix_queries = Counter(
+            "kiln_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", ["model"], registry=r
+        )
+        self.prefix_hits = Counter(
+            "kiln_prefix_cache_hits_total", "Prompt tokens served from the prefix cache.", ["model"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -118,3 +142,7 @@ class Metrics(EngineObserver):
 
     def rejected(self, model: str, reason: str) -> None:
         self.rejections.labels(model, reason).inc()
+
+    def prefix_cache(self, model: str, queried: int, hit: int) -> None:
+        self.prefix_queries.labels(model).inc(queried)
+        self.prefix_hits.labels(model).inc(hit)

@@ -93,9 +93,24 @@ class Settings(BaseSettings):
     )
     max_image_side: int = Field(16_384, ge=1, description="Largest image width or height.")
     image_formats: str = Field("PNG,JPEG,WEBP,BMP,GIF", description="Accepted image formats (415 otherwise).")
+    classify_drift_window: int = Field(
+        1000, ge=10, description="Images per view pipeline in the rolling window the drift gauges compare."
+    )
+    classify_drift_min_images: int = Field(
+        200, ge=1, description="Images the window needs before the drift gauges are exported."
+    )
+    classify_drift_period_s: float = Field(
+        15.0, ge=0, description="Seconds between drift recomputations (0: on every request)."
+    )
 
     drain_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM.")
     retry_after_s: int = Field(ENGINE.retry_after_s, ge=1, description="Retry-After sent with 429.")
+    prefix_cache: bool = Field(
+        ENGINE.prefix_cache, description="Reuse finished sequences' positions for prompts that share a prefix."
+    )
+    prefix_cache_shared: bool = Field(
+        ENGINE.prefix_cache_shared, description="Let a cached prefix serve other API keys too (timing leaks)."
+    )
     fault_step_delay_ms: float = Field(
         ENGINE.fault_step_delay_ms,
         ge=0,

@@ -14,6 +14,8 @@ from service.backends.slot_state import SlotState
 class OrtRunner:
     """What both runners share: the session, the slot state and the row bookkeeping."""
 
+    prefix_reuse = "partial"  # attention KV: any prefix of a finished row serves a later prompt
+
     def __init__(
         self,
         manifest: TextManifest,
@@ -57,6 +59,15 @@ class OrtRunner:
 
     def can_grow(self, row: int) -> bool:
         return self.state.can_grow(row)
+
+    def length(self, row: int) -> int:
+        return int(self.state.lengths[row])
+
+    def swap_rows(self, a: int, b: int) -> None:
+        self.state.swap_rows(a, b)
+
+    def truncate(self, row: int, positions: int) -> None:
+        self.state.truncate(row, positions)
 
     def _check_room(self, row: int, n: int) -> int:
         start = int(self.lengths[row])

@@ -29,6 +29,10 @@ CAPACITY_STEP = 32  # positions are attended in multiples of this (re-layout eve
 
 
 class StandardRunner(OrtRunner):
+    # Its capacity follows the longest *held* row: finished rows kept for their prefixes would
+    # keep every decode step attending over their length. Prefix caching is the fused runner's.
+    prefix_reuse = "none"
+
     def __init__(self, manifest: TextManifest, graph: GraphFile, *args: Any, **kwargs: Any) -> None:
         super().__init__(manifest, graph, *args, **kwargs)
         if any(layer.kind != ATTENTION_KV for layer in manifest.state):

@@ -47,4 +47,6 @@ def build_text_engine(
         retry_after_s=config.retry_after_s,
         name=name or manifest.name,
         step_delay_s=config.fault_step_delay_ms / 1000.0,
+        prefix_cache=config.prefix_cache,
+        prefix_cache_shared=config.prefix_cache_shared,
     )

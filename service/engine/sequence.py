@@ -40,6 +40,8 @@ class ActiveSequence:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.prefilled = 0  # prompt tokens already in the slot's state
+        self.cached = 0  # of those, reused from a finished sequence's slot (prefix caching)
+        self.tokens = list(req.prompt_ids)  # prompt and output: what the slot holds, and one more
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token under the request's sampling, bans and constraint."""
@@ -55,6 +57,7 @@ class ActiveSequence:
         return sample_token(logits, params, self.rng, seen, self.counts, banned, allowed)
 
     def took(self, token: int) -> None:
+        self.tokens.append(token)
         self.last_token = token
         self.seen[token] = True
         if self.counts is not None:
