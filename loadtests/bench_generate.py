@@ -9,6 +9,7 @@ side, every case on 2 threads with a 32-token prompt, 128 new tokens, greedy, EO
   ort-genai      onnxruntime-genai (model builder, fp32, CPU), batch 1 and 8
   kiln           Kiln's GenerationEngine + ONNX Runtime runner (fused graph) in-process, 1 and 8 sequences
   kiln-http      a real `kiln serve` subprocess with N = 1, 8, 32 concurrent streaming clients
+  kiln-int8, kiln-int4, ort-genai-int4   the weight-only quantized peers (loadtests/bench_quant.py)
 
 Each backend runs in its own worker process (so one runtime's idle thread pool never competes with
 another's), with a warm-up first. Cases are interleaved over `--repeats` rounds and each case
@@ -44,6 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_quant import BACKENDS as QUANT_BACKENDS  # noqa: E402 - this script's own folder
+from bench_quant import prepare as prepare_quant  # noqa: E402
+from bench_quant import workers as quant_workers  # noqa: E402
+
 VOCAB = 32000
 MODELS = {
     # name: hidden, layers, heads, intermediate (all: vocab 32000, kv heads = heads, untied head)
@@ -51,7 +56,7 @@ MODELS = {
     "30M": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=1376),
     "110M": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048),
 }
-BACKENDS = ("transformers", "ort-genai", "kiln", "kiln-http")
+BACKENDS = ("transformers", "ort-genai", "kiln", "kiln-http", *QUANT_BACKENDS)
 BOS, EOS, PAD = 1, 2, 0
 
 
@@ -415,6 +420,7 @@ WORKERS = {
     "kiln": worker_kiln,
     "kiln-http": worker_http,
     "profile": worker_profile,
+    **quant_workers(worker_kiln, worker_ort_genai),
 }
 
 
@@ -544,7 +550,8 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
         "- **TPOT**: gaps between consecutive tokens of a sequence, over all sequences (p50/p99).",
         "- **BW share**: decode rate of one sequence (1 / TPOT p50) ÷ the bandwidth bound "
         "(memory read bandwidth ÷ bytes of weights read per decode step) — how close a decode step comes "
-        "to the time needed just to stream the weights once.",
+        "to the time needed just to stream the weights once (quantized cases: the bytes their own decode step "
+        "reads, packed codes and scales included).",
         "- **slow gaps at a prefill**: of the slowest 1% of token gaps, the share during which another "
         "sequence received its first token (the engine paused decoding to prefill a newcomer).",
         "- **agree**: tokens of sequence 0 equal to transformers' greedy output (common prefix); random "
@@ -584,8 +591,9 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
         ]
         ref = {r["batch"]: r for r in res.get("transformers", [])}
         for backend in BACKENDS:
+            case_bound = bw["read_gbs"] * 1e9 / model.get("step_bytes", {}).get(backend, model["step_weight_bytes"])
             for r in res.get(backend, []):
-                share = (1000 / r["tpot_p50"]) / bound if r["tpot_p50"] > 0 else float("nan")
+                share = (1000 / r["tpot_p50"]) / case_bound if r["tpot_p50"] > 0 else float("nan")
                 base = ref.get(r["batch"]) or ref.get(1)
                 agree = f"{agreement(r['ids'][0], base['ids'][0])}/{args.new_tokens}" if base else "—"
                 lines.append(
@@ -638,7 +646,8 @@ batch 1 both sit at the bandwidth bound: the tok/s ratio between them is a compa
 equal steps, and this shared 2-core machine's run-to-run noise decides on which side of 1.0 it
 lands (the "decode step alone" row compares TPOT p50 without prefill or start-up). Kiln's
 per-step Python work (sampling, detokenizing, events) is a small share of a step; nothing
-fp32 is left to take off the weights' bytes short of quantizing them (`KILN_LM_VARIANT=int8`).
+fp32 is left to take off the weights' bytes short of quantizing them (`KILN_LM_VARIANT=int8` or
+`int4`: the kiln-int8 / kiln-int4 rows, docs/quantization.md).
 
 Concurrency. With 8 sequences Kiln's continuous batching decodes all rows in one call, as
 ort-genai's static batch does, and lets finished rows leave at once. A burst that arrives at an
@@ -757,8 +766,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown model or backend: {unknown}")
     notes: list[str] = []
-    if "ort-genai" in backends and importlib.util.find_spec("onnxruntime_genai") is None:
-        backends.remove("ort-genai")
+    if {"ort-genai", "ort-genai-int4"} & set(backends) and importlib.util.find_spec("onnxruntime_genai") is None:
+        backends = [b for b in backends if not b.startswith("ort-genai")]
         notes.append("onnxruntime-genai is not installed (`pip install -e '.[bench]'`): its cases were skipped.")
         log(notes[-1])
 
@@ -787,6 +796,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             log(f"[{name}] preparing checkpoints")
             model = prepare_model(name, workdir, args.threads, ort_genai="ort-genai" in backends)
+            model.update(prepare_quant(model, workdir, args.threads, backends, log))
             # Re-measured between models: the best of all measurements is the least disturbed one.
             again = measure_bandwidth(args.threads, mib=64 if quick else 256)
             if again["read_gbs"] > meta["bandwidth"]["read_gbs"]:
