@@ -64,7 +64,7 @@ class StandardRunner(OrtRunner):
         self._pos_buf = np.zeros((self.max_batch, 1), np.int64)
         self._columns = np.arange(self.max_seq_len)
         self._rows = np.arange(self.max_batch)
-        self.state.set_capacity(self._capacity_for(1))  # nothing is live yet: no copy
+        self.state.set_capacity(self.capacity_for(1))  # nothing is live yet: no copy
 
     def _check_state(self, manifest: TextManifest) -> None:
         if any(layer.kind != ATTENTION_KV for layer in manifest.state):
@@ -87,7 +87,8 @@ class StandardRunner(OrtRunner):
         return self.cap if self._layer_axis else 0
 
     # ---- capacity (how many positions a step attends to) ---------------------------------------
-    def _capacity_for(self, needed: int) -> int:
+    def capacity_for(self, needed: int) -> int:
+        """The layout capacity for rows needing `needed` positions (a multiple of CAPACITY_STEP)."""
         step = CAPACITY_STEP
         return min(self.max_seq_len, max(step, -(-needed // step) * step))
 
@@ -96,7 +97,7 @@ class StandardRunner(OrtRunner):
 
     def _ensure_capacity(self, needed: int) -> None:
         if needed > self.cap:
-            self._set_capacity(self._capacity_for(needed))
+            self._set_capacity(self.capacity_for(needed))
 
     # ---- model calls ---------------------------------------------------------------------------
     can_verify = True  # the traced graph returns every position's logits anyway
@@ -198,6 +199,6 @@ class StandardRunner(OrtRunner):
     def release_row(self, row: int) -> None:
         super().release_row(row)
         # Shrink once the longest live sequence fits in half the capacity (or nothing is live).
-        target = self._capacity_for(int(self.lengths.max()) + 1)
+        target = self.capacity_for(int(self.lengths.max()) + 1)
         if target * 2 <= self.cap or not self.lengths.any():
             self._set_capacity(target)

@@ -63,14 +63,6 @@ def test_manifest_declares_per_slot_state_and_the_graph_contract(hybrid_entry) -
     assert report["verification"]["fp32"]["passed"]
 
 
-def test_the_in_process_gateway_refuses_a_hybrid_entry_by_name(hybrid_entry) -> None:  # type: ignore[no-untyped-def]
-    from contracts.versions import ContractError
-    from service.backends.onnxruntime_lm import make_runner
-
-    with pytest.raises(ContractError, match="no in-process runner for graph contract 'hybrid'"):
-        make_runner(TextManifest.read(hybrid_entry), "fused", max_batch=2, max_seq_len=32)
-
-
 def test_kiln_hybrid_checkpoint_round_trips(tmp_path, ssm_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model = tiny_hybrid("mamba2,attention", norm="layernorm", positions="learned")
     save_checkpoint(model, ssm_tokenizer, tmp_path)
@@ -106,8 +98,6 @@ def test_unsupported_mamba_checkpoints_are_refused_with_the_reason(tmp_path, ssm
 
 
 def test_targets_the_hybrid_runtime_cannot_serve_are_refused(tmp_path, hybrid_checkpoint) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="target='triton'"):
-        pipeline.export_checkpoint(hybrid_checkpoint, tmp_path, "x", val_texts=TINY_TEXT, target="triton")
     with pytest.raises(ValueError, match="TensorRT"):
         pipeline.export_checkpoint(hybrid_checkpoint, tmp_path, "x", val_texts=TINY_TEXT, tensorrt=True)
     assert not (tmp_path / "x").exists()
