@@ -6,6 +6,11 @@ KILN := $(VENV)/bin/kiln
 REPO ?= model_repository
 CKPT_LM ?= checkpoints/demo-lm
 CKPT_VISION ?= checkpoints/demo-vision
+CKPT_HYBRID ?= checkpoints/demo-hybrid
+# Which demo models `make models` / `make export` / `make serve` build: any of lm, vision, hybrid
+# (the Mamba-2 / attention hybrid of docs/hybrid.md, served beside the others:
+# `make serve DEMOS="lm vision hybrid"`; its training takes longer than the Llama demo's).
+DEMOS ?= lm vision
 TRAIN_STEPS ?= 320
 VISION_STEPS ?= 1500
 PYTEST_ARGS ?=
@@ -15,8 +20,18 @@ TARGET ?= inprocess
 TENSORRT ?=
 EXPORT_OUT_inprocess := $(REPO)/demo-lm/kiln.json
 EXPORT_OUT_triton := $(REPO)/demo-lm-triton/config.pbtxt
+DEMO_CKPT_lm := $(CKPT_LM)/model.safetensors
+DEMO_CKPT_vision := $(CKPT_VISION)/model.safetensors
+DEMO_CKPT_hybrid := $(CKPT_HYBRID)/model.safetensors
+DEMO_ENTRY_lm := $(EXPORT_OUT_$(strip $(TARGET)))
+DEMO_ENTRY_vision := $(REPO)/demo-vit/kiln.json
+DEMO_ENTRY_hybrid := $(REPO)/demo-hybrid/kiln.json
+UNKNOWN_DEMOS := $(filter-out lm vision hybrid,$(DEMOS))
+ifneq ($(UNKNOWN_DEMOS),)
+$(error DEMOS: unknown demo model(s) $(UNKNOWN_DEMOS); choose from lm vision hybrid)
+endif
 
-.PHONY: install models export serve test lint bench bench-generate bench-classify eval clean proto triton-tools loadtest deploy-tools
+.PHONY: install models export serve test lint bench bench-generate bench-classify bench-context eval clean proto triton-tools loadtest deploy-tools
 
 install: $(VENV)/.installed
 
@@ -27,7 +42,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[export,dev]'
 	touch $@
 
-models: install $(CKPT_LM)/model.safetensors $(CKPT_VISION)/model.safetensors
+models: install $(foreach demo,$(DEMOS),$(DEMO_CKPT_$(demo)))
 
 $(CKPT_LM)/model.safetensors:
 	$(KILN) train-demo --out $(CKPT_LM) --steps $(TRAIN_STEPS)
@@ -36,7 +51,10 @@ $(CKPT_LM)/model.safetensors:
 $(CKPT_VISION)/model.safetensors:
 	$(KILN) train-demo --task vision --out $(CKPT_VISION) --steps $(VISION_STEPS)
 
-export: models $(EXPORT_OUT_$(strip $(TARGET))) $(REPO)/demo-vit/kiln.json
+$(CKPT_HYBRID)/model.safetensors:
+	$(KILN) train-demo --arch hybrid --out $(CKPT_HYBRID) --steps $(TRAIN_STEPS)
+
+export: models $(foreach demo,$(DEMOS),$(DEMO_ENTRY_$(demo)))
 
 # The manifest's contract is a prerequisite: a Kiln that reads a new manifest version re-exports.
 $(REPO)/demo-lm/kiln.json: $(CKPT_LM)/model.safetensors contracts/manifest.py
@@ -45,6 +63,9 @@ $(REPO)/demo-lm/kiln.json: $(CKPT_LM)/model.safetensors contracts/manifest.py
 $(REPO)/demo-lm-triton/config.pbtxt: $(CKPT_LM)/model.safetensors
 	$(KILN) export --checkpoint $(CKPT_LM) --repository $(REPO) --name demo-lm --target triton \
 		$(if $(strip $(TENSORRT)),--tensorrt)
+
+$(REPO)/demo-hybrid/kiln.json: $(CKPT_HYBRID)/model.safetensors contracts/manifest.py
+	$(KILN) export --checkpoint $(CKPT_HYBRID) --repository $(REPO) --name demo-hybrid --target $(TARGET)
 
 $(REPO)/demo-vit/kiln.json: $(CKPT_VISION)/model.safetensors contracts/manifest.py
 	$(KILN) export --checkpoint $(CKPT_VISION) --repository $(REPO) --name demo-vit
@@ -83,7 +104,7 @@ lint: install
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
-bench: bench-generate bench-classify
+bench: bench-generate bench-classify bench-context
 
 bench-generate: install
 	$(PY) -m pip install -q -e '.[export,dev,bench]'
@@ -91,6 +112,10 @@ bench-generate: install
 
 loadtest: export
 	$(PY) loadtests/run_load.py --repository $(REPO) --model demo-lm --classifier demo-vit --out-dir runs/load --doc docs/load.md
+
+# Decode ms per step against context length (64-2048) for Mamba, a hybrid and Llama -> docs/benchmarks.md
+bench-context: install
+	$(PY) loadtests/bench_context.py --out docs/benchmarks.md
 
 bench-classify: install $(REPO)/demo-vit/kiln.json
 	$(PY) loadtests/bench_classify.py --repository $(REPO) --name demo-vit --checkpoint $(CKPT_VISION) --out docs/vision.md

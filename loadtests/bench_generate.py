@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -506,6 +507,15 @@ def measure_bandwidth(threads: int, mib: int = 256, reps: int = 5) -> dict:
     return {"read_gbs": arr.nbytes / best_read / 1e9, "copy_gbs": 2 * arr.nbytes / best_copy / 1e9, "mib": mib}
 
 
+def kept_sections(doc: Path) -> str:
+    """The sections other benchmarks wrote into the same page (a heading, then `<!-- bench-x:begin
+    -->` ... `<!-- bench-x:end -->`, e.g. loadtests/bench_context.py's), carried over unchanged."""
+    if not doc.exists():
+        return ""
+    pattern = r"(?:## [^\n]*\n+)?<!-- (bench-[\w-]+):begin -->.*?<!-- \1:end -->"
+    return "".join("\n\n" + m.group(0) for m in re.finditer(pattern, doc.read_text(), re.S))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -839,7 +849,7 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text)
+            Path(args.out).write_text(text + kept_sections(Path(args.out)))
             log(f"wrote {args.out}")
         if args.json:
             Path(args.json).write_text(json.dumps({"meta": meta, "models": models, "results": results}, indent=2))

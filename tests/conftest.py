@@ -121,3 +121,11 @@ def wait_ready(client, timeout: float = 60.0) -> None:  # type: ignore[no-untype
 
 from tests.chat_models import chat_repo  # noqa: E402,F401 - session fixture: models with and without chat templates
 from tests.families import family_zoo  # noqa: E402,F401 - session fixture: one tiny checkpoint per HF family
+from tests.ssm_models import (  # noqa: E402,F401 - session fixtures: tiny Mamba / hybrid checkpoints and entries
+    hf_mamba2_dir,
+    hf_mamba_dir,
+    hf_mamba_entry,
+    hybrid_checkpoint,
+    hybrid_entry,
+    ssm_tokenizer,
+)

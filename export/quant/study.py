@@ -27,7 +27,7 @@ from export.quant.config import QuantConfig
 from export.quant.gptq import calibration_windows, collect_hessians
 from export.quant.graph import EMBED, HEAD, fused_weights, quantize_fused_graph
 from export.quant.quality import fused_quality
-from export.quant.variants import CALIBRATION_WINDOW, plan_weights
+from export.quant.variants import CALIBRATION_WINDOW, decoder_of, plan_weights
 from export.variants import token_windows
 
 # label → (what differs from the default int4, QuantConfig overrides, algorithm)
@@ -107,7 +107,8 @@ def run_study(entry: Path, checkpoint: Path, ppl_tokens: int = 8192) -> dict:
     from export.train_demo.corpus import load_corpus
 
     ckpt = load_checkpoint(checkpoint)
-    mcfg = ckpt.config
+    model = decoder_of(ckpt)
+    mcfg = model.config
     fused = entry / json.loads((entry / "kiln.json").read_text())["files"]["fused"]
     corpus = load_corpus()
     window = min(CALIBRATION_WINDOW, mcfg.max_position_embeddings)
@@ -116,7 +117,7 @@ def run_study(entry: Path, checkpoint: Path, ppl_tokens: int = 8192) -> dict:
     calib = calibration_windows(ckpt.tokenizer, corpus.train, mcfg.bos_token_id, window, base.calibration_tokens)
     weights = fused_weights(fused)
     projections = [n for n in weights if n not in (HEAD, EMBED)]
-    hessians = collect_hessians(ckpt.model, calib, projections)
+    hessians = collect_hessians(model, calib, projections)
     study: dict = {"entry": str(entry), "reference": "fp32", "candidates": {}}
     with tempfile.TemporaryDirectory(prefix="kiln-study-") as tmp:
         paths = {"fp32": fused}

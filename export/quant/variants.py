@@ -54,7 +54,8 @@ def build_quantized_variants(
     tolerance: float,
 ) -> tuple[dict[str, Path], dict]:
     """Write `int8` and `int4` into `staging`; returns (files, report section)."""
-    model, mcfg = ckpt.model, ckpt.config
+    model = decoder_of(ckpt)
+    mcfg = model.config
     timings: dict[str, float] = {}
     t = time.perf_counter()
     weights = fused_weights(fused_file)
@@ -123,6 +124,14 @@ def build_quantized_variants(
     }
     section["budget"] = check_budgets(measured, budgets, REFERENCE)
     return files, section
+
+
+def decoder_of(ckpt: Checkpoint) -> DecoderLM:
+    """The checkpoint's attention decoder: quantized variants are fused graphs, which Mamba and
+    hybrid models do not have."""
+    if not isinstance(ckpt.model, DecoderLM):
+        raise ValueError(f"{ckpt.path}: quantized variants are built for attention decoders only")
+    return ckpt.model
 
 
 def plan_weights(

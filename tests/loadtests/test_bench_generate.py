@@ -21,6 +21,8 @@ SCRIPT = ROOT / "loadtests" / "bench_generate.py"
 def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     out = tmp_path / "benchmarks.md"
+    other = "## Context length\n\n<!-- bench-context:begin -->\nbench_context.py's table\n<!-- bench-context:end -->"
+    out.write_text(f"# an older run\n\n{other}\n")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--models", "tiny", "--quick", "--out", str(out), "--workdir", str(tmp_path)],
         cwd=ROOT,
@@ -31,6 +33,7 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = out.read_text()
     assert text.startswith("# Generation benchmark")
+    assert "# an older run" not in text and text.rstrip().endswith(other)  # another benchmark's section stays
     assert "## tiny:" in text and "bandwidth bound" in text
     for key in ("CPU:", "date:", "onnxruntime", "memory bandwidth"):
         assert key in text
