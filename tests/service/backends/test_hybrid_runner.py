@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 
 import numpy as np
 import pytest
@@ -171,3 +172,25 @@ def test_hf_mamba_served_greedy_equals_transformers(hf_mamba_dir, hf_mamba_entry
     finally:
         engine.stop()
     assert_matches(gen, lambda ids: hf(ids).logits[0, -1])  # transformers' own forward
+
+
+def test_cancelled_and_timed_out_rows_leave_no_state_behind(served) -> None:  # type: ignore[no-untyped-def]
+    """A cancel and a deadline land mid-generation (slowed steps); the slot's recurrent state is
+    cleared for its next user, whose output stays exact."""
+    model, manifest = served
+    engine = engine_for(manifest, max_batch=1, step_delay_s=0.01, prefix_cache=True)
+    engine.start()
+    try:
+        cancelled = submit(engine, list(range(40, 60)), 60)
+        assert cancelled.events.get(timeout=60) is not None  # the first token: it is decoding
+        cancelled.req.cancel()
+        assert cancelled.wait().reason == "cancelled"
+        late = Generation(list(range(70, 90)), 60)
+        late.req.deadline = time.monotonic() + 0.2
+        engine.submit(late.req)
+        assert late.wait().reason == "timeout" and 0 < len(late.tokens) < 60
+        after = submit(engine, list(range(90, 110)), 6)
+        assert after.wait().reason == "length"
+        assert_matches(after, kiln_logits(model))
+    finally:
+        engine.stop()
