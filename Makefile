@@ -31,7 +31,7 @@ ifneq ($(UNKNOWN_DEMOS),)
 $(error DEMOS: unknown demo model(s) $(UNKNOWN_DEMOS); choose from lm vision hybrid)
 endif
 
-.PHONY: install models export serve test lint bench bench-generate bench-classify bench-context eval clean proto triton-tools loadtest deploy-tools
+.PHONY: install models export serve test lint bench bench-generate bench-classify bench-context bench-reuse eval clean proto triton-tools loadtest deploy-tools
 
 install: $(VENV)/.installed
 
@@ -104,7 +104,7 @@ lint: install
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
-bench: bench-generate bench-classify bench-context
+bench: bench-generate bench-classify bench-context bench-reuse
 
 bench-generate: install
 	$(PY) -m pip install -q -e '.[export,dev,bench]'
@@ -116,6 +116,11 @@ loadtest: export
 # Decode ms per step against context length (64-2048) for Mamba, a hybrid and Llama -> docs/benchmarks.md
 bench-context: install
 	$(PY) loadtests/bench_context.py --out docs/benchmarks.md
+
+# Prefix caching and n-gram speculative decoding, each on against off in one run, on the demo LM and
+# the random-weight 110M config: TTFT, chat replay, tok/s and acceptance -> docs/benchmarks.md
+bench-reuse: install $(REPO)/demo-lm/kiln.json
+	$(PY) loadtests/bench_reuse.py --repository $(REPO) --name demo-lm --out docs/benchmarks.md
 
 bench-classify: install $(REPO)/demo-vit/kiln.json
 	$(PY) loadtests/bench_classify.py --repository $(REPO) --name demo-vit --checkpoint $(CKPT_VISION) --out docs/vision.md
