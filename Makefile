@@ -31,7 +31,7 @@ ifneq ($(UNKNOWN_DEMOS),)
 $(error DEMOS: unknown demo model(s) $(UNKNOWN_DEMOS); choose from lm vision hybrid)
 endif
 
-.PHONY: install models export serve test lint bench bench-generate bench-classify bench-context bench-reuse eval clean proto triton-tools loadtest deploy-tools
+.PHONY: install models export serve test lint bench bench-generate bench-classify bench-context bench-reuse eval clean proto triton-tools loadtest soak deploy-tools
 
 install: $(VENV)/.installed
 
@@ -112,6 +112,13 @@ bench-generate: install
 
 loadtest: export
 	$(PY) loadtests/run_load.py --repository $(REPO) --model demo-lm --classifier demo-vit --out-dir runs/load --doc docs/load.md
+
+# The shared-prefix mix for SOAK_MINUTES with the server's RSS and open fds sampled -> docs/load.md
+# (its own section). Not part of `make test` or CI: it takes the full SOAK_MINUTES.
+SOAK_MINUTES ?= 20
+soak: export
+	$(PY) loadtests/soak.py --repository $(REPO) --model demo-lm --classifier demo-vit --minutes $(SOAK_MINUTES) \
+		--out-dir runs/soak --doc docs/load.md
 
 # Decode ms per step against context length (64-2048) for Mamba, a hybrid and Llama -> docs/benchmarks.md
 bench-context: install

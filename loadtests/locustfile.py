@@ -198,7 +198,7 @@ class KilnChatUser(HttpUser):
             self.client.headers.update(bearer(_next_key()))
 
     def _body(self, stream: bool, schema: bool) -> dict:
-        body = {
+        body: dict = {
             "model": MODEL,
             "messages": random.choice(CHAT_MESSAGES),
             "max_tokens": 48 if schema else random.choice((16, 32)),

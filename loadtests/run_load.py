@@ -34,6 +34,7 @@ SCENARIOS = {  # name: (locust shape, user classes, with API keys and the shared
     "ramp": ("ramp", MIX, False),
     "spike": ("spike", MIX, False),
     "prefix": ("steady", [*MIX, "KilnPrefixUser"], True),
+    "soak": ("steady", [*MIX, "KilnPrefixUser"], True),  # the same mix, for SOAK_MINUTES (loadtests/soak.py)
 }
 KEPT = r"(?:## [^\n]*\n+)?<!-- (soak):begin -->.*?<!-- \1:end -->"  # sections other scripts write here
 
@@ -264,7 +265,9 @@ def write_doc(results: list[dict], args: argparse.Namespace, path: Path) -> str:
         "OpenAI `/v1/completions`, gRPC `GenerateStream`; scenario `prefix` adds the shared-prefix mix "
         f"(`loadtests/prefix_mix.py`: {len(USER_KEYS)} API keys, each with a {args.prefix_chars}-character system "
         "prompt and a chat growing by a turn per request, every user sending one of the keys). "
-        f"Numbers come from the run; CSV and HTML reports are in `{args.out_dir}/`.",
+        f"Numbers come from the run; CSV and HTML reports are in `{args.out_dir}/`. `make soak` "
+        "(`loadtests/soak.py`, not in CI) holds the shared-prefix mix for SOAK_MINUTES (default 20) and writes "
+        "its memory and descriptor trend into the Soak section below.",
         "",
         f"Thresholds: error rate ≤ {args.max_error_rate:.1%} (429 shedding excluded), "
         f"p99 ≤ {args.max_p99_ms:.0f} ms, TTFT p99 ≤ {args.max_ttft_p99_ms:.0f} ms, "
