@@ -31,7 +31,7 @@ ifneq ($(UNKNOWN_DEMOS),)
 $(error DEMOS: unknown demo model(s) $(UNKNOWN_DEMOS); choose from lm vision hybrid)
 endif
 
-.PHONY: install models export serve test lint bench bench-generate bench-classify bench-context eval clean proto triton-tools loadtest deploy-tools
+.PHONY: install models export serve test lint bench bench-generate bench-classify bench-context bench-reuse eval clean proto triton-tools loadtest soak deploy-tools
 
 install: $(VENV)/.installed
 
@@ -104,7 +104,7 @@ lint: install
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
-bench: bench-generate bench-classify bench-context
+bench: bench-generate bench-classify bench-context bench-reuse
 
 bench-generate: install
 	$(PY) -m pip install -q -e '.[export,dev,bench]'
@@ -113,9 +113,21 @@ bench-generate: install
 loadtest: export
 	$(PY) loadtests/run_load.py --repository $(REPO) --model demo-lm --classifier demo-vit --out-dir runs/load --doc docs/load.md
 
+# The shared-prefix mix for SOAK_MINUTES with the server's RSS and open fds sampled -> docs/load.md
+# (its own section). Not part of `make test` or CI: it takes the full SOAK_MINUTES.
+SOAK_MINUTES ?= 20
+soak: export
+	$(PY) loadtests/soak.py --repository $(REPO) --model demo-lm --classifier demo-vit --minutes $(SOAK_MINUTES) \
+		--out-dir runs/soak --doc docs/load.md
+
 # Decode ms per step against context length (64-2048) for Mamba, a hybrid and Llama -> docs/benchmarks.md
 bench-context: install
 	$(PY) loadtests/bench_context.py --out docs/benchmarks.md
+
+# Prefix caching and n-gram speculative decoding, each on against off in one run, on the demo LM and
+# the random-weight 110M config: TTFT, chat replay, tok/s and acceptance -> docs/benchmarks.md
+bench-reuse: install $(REPO)/demo-lm/kiln.json
+	$(PY) loadtests/bench_reuse.py --repository $(REPO) --name demo-lm --out docs/benchmarks.md
 
 bench-classify: install $(REPO)/demo-vit/kiln.json
 	$(PY) loadtests/bench_classify.py --repository $(REPO) --name demo-vit --checkpoint $(CKPT_VISION) --out docs/vision.md

@@ -5,10 +5,16 @@ Shapes (env `KILN_LOAD_SHAPE`): `steady` (constant users), `ramp` (linear increa
 count it under its own name, honour `Retry-After`, and it is not an error. Timings of
 interest that locust does not measure itself (time to first token) are reported as their own
 request type ("TTFT").
+
+`KilnPrefixUser` is the shared-prefix mix (loadtests/prefix_mix.py): several API keys, long
+system prompts, growing chats. With `KILN_LOAD_AUTH=1` every user sends one of those keys (the
+server then runs with KILN_API_KEYS); `KILN_LOAD_SAMPLES` names a file that receives the greedy
+shared-prefix responses, which run_load replays against a server without the cache.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -21,6 +27,7 @@ grpc_gevent.init_gevent()  # before any channel exists: grpc must cooperate with
 
 import grpc  # noqa: E402
 
+from loadtests.prefix_mix import QUESTIONS, USER_KEYS, bearer, chat_system, parse_sse, system_prompt  # noqa: E402
 from service.rpc import kiln_v1_pb2 as pb  # noqa: E402
 from service.rpc import kiln_v1_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -36,6 +43,22 @@ SHAPE = os.environ.get("KILN_LOAD_SHAPE", "steady")
 CLASSIFIER = os.environ.get("KILN_LOAD_CLASSIFIER", "")  # empty: no /classify traffic
 PEAK = int(os.environ.get("KILN_LOAD_USERS", "16"))
 DURATION = float(os.environ.get("KILN_LOAD_SECONDS", "60"))
+MODEL = os.environ.get("KILN_LOAD_MODEL", "demo-lm")
+AUTH = os.environ.get("KILN_LOAD_AUTH") == "1"
+SAMPLES = os.environ.get("KILN_LOAD_SAMPLES", "")
+PREFIX_CHARS = int(os.environ.get("KILN_LOAD_PREFIX_CHARS", "800"))
+_KEYS = itertools.count()  # users take the traffic keys round robin
+
+
+def _next_key() -> str:
+    return USER_KEYS[next(_KEYS) % len(USER_KEYS)]
+
+
+def _record(sample: dict) -> None:
+    """One greedy response, for the exactness replay (one line each: greenlets never interleave a write)."""
+    if SAMPLES:
+        with open(SAMPLES, "a") as f:
+            f.write(json.dumps(sample) + "\n")
 
 
 def _scene(seed: int) -> bytes:
@@ -77,6 +100,10 @@ def shed(response) -> None:  # type: ignore[no-untyped-def]
 class KilnHttpUser(HttpUser):
     wait_time = between(0.05, 0.3)
     weight = 3
+
+    def on_start(self) -> None:
+        if AUTH:
+            self.client.headers.update(bearer(_next_key()))
 
     @task(3)
     def generate(self) -> None:
@@ -133,7 +160,7 @@ class KilnHttpUser(HttpUser):
     @task(1)
     def openai_completion(self) -> None:
         body = {
-            "model": os.environ.get("KILN_LOAD_MODEL", "demo-lm"),
+            "model": MODEL,
             "prompt": random.choice(PROMPTS),
             "max_tokens": 16,
         }
@@ -166,9 +193,13 @@ class KilnChatUser(HttpUser):
     wait_time = between(0.05, 0.3)
     weight = 1
 
+    def on_start(self) -> None:
+        if AUTH:
+            self.client.headers.update(bearer(_next_key()))
+
     def _body(self, stream: bool, schema: bool) -> dict:
-        body = {
-            "model": os.environ.get("KILN_LOAD_MODEL", "demo-lm"),
+        body: dict = {
+            "model": MODEL,
             "messages": random.choice(CHAT_MESSAGES),
             "max_tokens": 48 if schema else random.choice((16, 32)),
             "temperature": random.choice((0.0, 0.7)),
@@ -217,6 +248,79 @@ class KilnChatUser(HttpUser):
                 r.failure(f"{r.status_code}: stream ended without [DONE]")
 
 
+class KilnPrefixUser(HttpUser):
+    """The shared-prefix mix: one traffic key per user (round robin), that key's system prompt with
+    a new question, and a chat that grows by a turn per request until it nears the context."""
+
+    wait_time = between(0.05, 0.3)
+    weight = 5
+
+    def on_start(self) -> None:
+        self.index = next(_KEYS) % len(USER_KEYS)
+        self.key = USER_KEYS[self.index]
+        self.client.headers.update(bearer(self.key))
+        self.context_tokens = 512
+        r = self.client.get("/v1/models")
+        for card in r.json().get("data", []) if r.status_code == 200 else []:
+            if card["id"] == MODEL and card.get("context_length"):
+                self.context_tokens = int(card["context_length"])
+        self.messages, self.last_prompt = self._new_chat(), 0
+
+    def _new_chat(self) -> list[dict]:
+        return [{"role": "system", "content": chat_system(self.index, PREFIX_CHARS)}]
+
+    @staticmethod
+    def _sampling() -> tuple[bool, dict]:
+        greedy = random.random() < 0.75
+        return greedy, {"temperature": 0.0 if greedy else 0.7, "seed": random.randint(0, 2**31)}
+
+    @task(3)
+    def shared_system_prompt(self) -> None:
+        greedy, sampling = self._sampling()
+        prompt = system_prompt(self.index, PREFIX_CHARS) + random.choice(QUESTIONS)
+        body = {"prompt": prompt, "max_new_tokens": 16, **sampling, "stream": True}
+        name = "/generate [shared prefix]"
+        with self.client.post("/generate", json=body, stream=True, catch_response=True, name=name) as r:
+            if r.status_code == 429:
+                shed(r)
+                return
+            if r.status_code != 200:
+                r.failure(f"{r.status_code}: {r.text[:200]}")
+                return
+            out = parse_sse(line.decode() for line in r.iter_lines())
+            if out["cached"] < 0:
+                r.failure("stream ended without a finish event")
+                return
+        if greedy:
+            _record({"kind": "generate", "key": self.key, "body": body, **out})
+
+    @task(2)
+    def growing_chat(self) -> None:
+        greedy, sampling = self._sampling()
+        self.messages.append({"role": "user", "content": random.choice(QUESTIONS).strip()})
+        body = {"model": MODEL, "messages": list(self.messages), "max_tokens": 16, **sampling}
+        name = "/v1/chat/completions [growing history]"
+        with self.client.post("/v1/chat/completions", json=body, catch_response=True, name=name) as r:
+            if r.status_code == 429:
+                self.messages.pop()
+                shed(r)
+                return
+            if r.status_code != 200:
+                r.failure(f"{r.status_code}: {r.text[:200]}")
+                self.messages, self.last_prompt = self._new_chat(), 0
+                return
+            data = r.json()
+        content, usage = data["choices"][0]["message"]["content"], data["usage"]
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        if greedy:
+            _record({"kind": "chat", "key": self.key, "body": body, "content": content, "cached": cached})
+        self.messages.append({"role": "assistant", "content": content})
+        turn = usage["prompt_tokens"] - self.last_prompt  # what a turn adds (the first: the whole prompt)
+        self.last_prompt = usage["prompt_tokens"]
+        if len(self.messages) > 12 or usage["prompt_tokens"] + 2 * turn + 16 > self.context_tokens:
+            self.messages, self.last_prompt = self._new_chat(), 0  # the next turn might not fit
+
+
 class KilnGrpcUser(User):
     """gRPC GenerateStream users; the target comes from KILN_LOAD_GRPC (host:port)."""
 
@@ -226,6 +330,7 @@ class KilnGrpcUser(User):
     def on_start(self) -> None:
         self.channel = grpc.insecure_channel(os.environ.get("KILN_LOAD_GRPC", "127.0.0.1:50051"))
         self.stub = pb_grpc.KilnStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {_next_key()}"),) if AUTH else ()
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -238,7 +343,7 @@ class KilnGrpcUser(User):
         exc: Exception | None = None
         tokens = 0
         try:
-            for msg in self.stub.GenerateStream(req, timeout=60):
+            for msg in self.stub.GenerateStream(req, timeout=60, metadata=self.metadata):
                 if msg.HasField("chunk"):
                     tokens += len(msg.chunk.token_ids)
                 elif not msg.finish.finish_reason:

@@ -22,6 +22,8 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     out = tmp_path / "benchmarks.md"
     other = "## Context length\n\n<!-- bench-context:begin -->\nbench_context.py's table\n<!-- bench-context:end -->"
+    other += "\n\n## Prefix caching and speculative decoding\n\n<!-- bench-reuse:begin -->\nbench_reuse.py's\n"
+    other += "<!-- bench-reuse:end -->"
     out.write_text(f"# an older run\n\n{other}\n")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--models", "tiny", "--quick", "--out", str(out), "--workdir", str(tmp_path)],
