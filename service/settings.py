@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     max_image_side: int = Field(16_384, ge=1, description="Largest image width or height.")
     image_formats: str = Field("PNG,JPEG,WEBP,BMP,GIF", description="Accepted image formats (415 otherwise).")
 
+    playground: bool = Field(True, description="Serve the browser playground at / (false: off, / is a 404).")
+
     drain_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM.")
     retry_after_s: int = Field(ENGINE.retry_after_s, ge=1, description="Retry-After sent with 429.")
     fault_step_delay_ms: float = Field(

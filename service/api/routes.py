@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api import classify, generate, health
+from service.api import classify, generate, health, playground
 from service.api.openai import completions
 
 ROUTERS: tuple[APIRouter, ...] = (
@@ -13,4 +13,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     generate.router,
     completions.router,
     classify.router,
+    playground.router,
 )

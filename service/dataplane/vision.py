@@ -31,7 +31,9 @@ class ClassifyParams(BaseModel):
     top_k: int = Field(5, description="Labels returned per image.")
     calibrated: bool | None = Field(None, description="Apply the fitted temperature (default: when available).")
     prediction_set: bool = Field(False, description="Return the split-conformal prediction set.")
-    return_views: bool = Field(False, description="Return every view's probabilities.")
+    return_views: bool = Field(
+        False, description="Return every view: probabilities, box, confidence and weight in the aggregate."
+    )
 
     def options(self) -> ClassifyOptions:
         return ClassifyOptions(**self.model_dump(exclude={"model"}))
@@ -52,6 +54,7 @@ class VisionRegistry(Protocol):
     loaded: bool
     draining: bool
     vision: dict[str, VisionModel]
+    pending: dict[str, str]
 
     def vision_model(self, name: str | None) -> VisionModel: ...
 
@@ -63,7 +66,7 @@ class VisionDataPlane:
 
     def model(self, caller: Caller, name: str | None) -> VisionModel:
         reg = self.registry
-        if reg.loaded and not reg.vision and not reg.draining:
+        if reg.loaded and not reg.vision and not reg.pending and not reg.draining:
             raise NotSupported("image classification is not available on this server (no classifier loaded)")
         model = reg.vision_model(name or None)  # an empty name (proto3's unset string) means "the only one"
         caller.authorize(model.name)
