@@ -55,6 +55,7 @@ class VisionRegistry(Protocol):
     draining: bool
     vision: dict[str, VisionModel]
     pending: dict[str, str]
+    failed: dict[str, str]
 
     def vision_model(self, name: str | None) -> VisionModel: ...
 
@@ -66,7 +67,8 @@ class VisionDataPlane:
 
     def model(self, caller: Caller, name: str | None) -> VisionModel:
         reg = self.registry
-        if reg.loaded and not reg.vision and not reg.pending and not reg.draining:
+        coming = reg.pending or (name and name in reg.failed)  # 503 with the reason, not "no classifier"
+        if reg.loaded and not reg.vision and not coming and not reg.draining:
             raise NotSupported("image classification is not available on this server (no classifier loaded)")
         model = reg.vision_model(name or None)  # an empty name (proto3's unset string) means "the only one"
         caller.authorize(model.name)
