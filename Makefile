@@ -1,4 +1,5 @@
-# Kiln. `make serve` on a fresh machine: venv, install, train the demo model, export, serve on :8000.
+# Kiln. `make serve` on a fresh machine: venv, install, export the committed demo LM, serve on :8000
+# (the playground at /) while the demo classifier trains and exports in the background.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ KILN := $(VENV)/bin/kiln
 REPO ?= model_repository
 CKPT_LM ?= checkpoints/demo-lm
 CKPT_VISION ?= checkpoints/demo-vision
-TRAIN_STEPS ?= 320
+TRAIN_STEPS ?= 640
 VISION_STEPS ?= 1500
 PYTEST_ARGS ?=
 # make export TARGET=triton: also the decoupled Triton model (docs/triton.md); TENSORRT=1: a verified
@@ -16,7 +17,9 @@ TENSORRT ?=
 EXPORT_OUT_inprocess := $(REPO)/demo-lm/kiln.json
 EXPORT_OUT_triton := $(REPO)/demo-lm-triton/config.pbtxt
 
-.PHONY: install models export serve test lint bench bench-generate bench-classify eval clean proto triton-tools loadtest deploy-tools
+PORT ?= 8000
+
+.PHONY: install models export serve vision-background browser-tools test lint bench bench-generate bench-classify eval clean proto triton-tools loadtest deploy-tools
 
 install: $(VENV)/.installed
 
@@ -29,6 +32,8 @@ $(VENV)/.installed: pyproject.toml
 
 models: install $(CKPT_LM)/model.safetensors $(CKPT_VISION)/model.safetensors
 
+# Committed (7.9 MB): a fresh clone skips training. Delete it to retrain (~7 idle CPU minutes);
+# tests/export/train_demo/test_committed_checkpoint.py checks the retrain reproduces it byte for byte.
 $(CKPT_LM)/model.safetensors:
 	$(KILN) train-demo --out $(CKPT_LM) --steps $(TRAIN_STEPS)
 
@@ -53,8 +58,21 @@ $(REPO)/demo-vit/kiln.json: $(CKPT_VISION)/model.safetensors contracts/manifest.
 eval: install $(REPO)/demo-vit/kiln.json
 	$(PY) -m export.vision.evaluate --repository $(REPO) --name demo-vit --out docs/vision.md
 
-serve: export
-	KILN_MODEL_REPOSITORY=$(REPO) $(KILN) serve
+# The gateway starts as soon as the LM is exported; the classifier is built in the background and
+# served the moment its entry appears (the registry's watcher). Until then /classify answers 503
+# `model_unavailable` and /readyz lists demo-vit as `loading` (the `.pending` marker, service/registry.py).
+serve: install $(REPO)/demo-lm/kiln.json vision-background
+	KILN_MODEL_REPOSITORY=$(REPO) KILN_PORT=$(PORT) $(KILN) serve
+
+PENDING_VISION := $(REPO)/demo-vit.pending
+vision-background: install
+	@if $(MAKE) -q --no-print-directory $(REPO)/demo-vit/kiln.json >/dev/null 2>&1; then exit 0; fi; \
+	mkdir -p $(REPO) runs; : > $(PENDING_VISION); \
+	echo "demo classifier: training and exporting in the background (runs/demo-vit-build.log)"; \
+	( trap 'rm -f $(PENDING_VISION); exit 130' INT TERM; \
+	  if $(MAKE) --no-print-directory $(REPO)/demo-vit/kiln.json > runs/demo-vit-build.log 2>&1; \
+	  then rm -f $(PENDING_VISION); \
+	  else echo "the build failed: see runs/demo-vit-build.log" > $(PENDING_VISION); fi ) &
 
 # Offline deployment checkers for tests/deploy (kubectl, kubernetes-validate, hadolint, promtool, buildah...).
 deploy-tools: install
@@ -62,11 +80,16 @@ deploy-tools: install
 
 # Line coverage of service/, export/, contracts/ and cli/, the servers and CLIs the tests start as
 # subprocesses included (coverage's `patch = subprocess`, pyproject.toml).
-test: install deploy-tools triton-tools
+test: install deploy-tools triton-tools browser-tools
 	@rm -f .coverage .coverage.*
 	$(PY) -m coverage run -m pytest -q $(PYTEST_ARGS)
 	@$(PY) -m coverage combine -q
 	$(PY) -m coverage report --sort=-cover | tail -n 25
+
+# Debian chromium + chromium-driver for the playground's browser tests (Selenium). If they cannot be
+# installed, the reason goes to .browser-install-failed and those tests skip, quoting it.
+browser-tools:
+	@bash deploy/tools/install-browser.sh
 
 # A real tritonserver (CPU) for the integration tests: deploy/triton/install.sh is idempotent. If it
 # fails, the reason goes to .triton-install-failed and the Triton tests skip, quoting it.
@@ -96,7 +119,7 @@ bench-classify: install $(REPO)/demo-vit/kiln.json
 	$(PY) loadtests/bench_classify.py --repository $(REPO) --name demo-vit --checkpoint $(CKPT_VISION) --out docs/vision.md
 
 clean:
-	rm -rf $(REPO)/*/ checkpoints .pytest_cache
+	rm -rf $(REPO)/*/ $(REPO)/*.pending $(CKPT_VISION) .pytest_cache
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. service/rpc/kiln_v1.proto

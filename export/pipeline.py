@@ -17,6 +17,7 @@ from contracts.triton import triton_lm_name
 from export.checkpoint import load_checkpoint
 from export.fused_graph import build_fused_lm_onnx, fused_unsupported
 from export.onnx_export import export_lm_onnx, toolchain_versions
+from export.progress import bar
 from export.triton_repo import lm_onnx_config, staged_entry, write_config, write_lm_python_entry
 from export.variants import optimize_offline, perplexity, quantize_int8, token_windows
 from export.verify import verify_fused_lm, verify_lm
@@ -55,6 +56,7 @@ def export_checkpoint(
     started = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
     model, cfg = ckpt.model, ckpt.config
+    stages = bar(5, f"export {name}", unit="stage")  # graph, fused, variants, perplexity, write
     with staged_entry(repository, name) as staging:
         report: dict = {
             "name": name,
@@ -74,6 +76,7 @@ def export_checkpoint(
         report["timings_s"]["export"] = time.perf_counter() - t
         t = time.perf_counter()
         report["verification"]["fp32"] = verify_lm(model, fp32, tolerance)
+        stages.update()
         produced = {"fp32": fp32}
         # The graph the in-process engine serves (ONNX Runtime contrib operators, cache updated
         # in place): same weights, checked against PyTorch the way the engine drives it.
@@ -85,6 +88,7 @@ def export_checkpoint(
         else:
             fused = build_fused_lm_onnx(model, staging / FILES["fused"])
             report["verification"]["fused"] = verify_fused_lm(model, fused, tolerance)
+        stages.update()
         if variants:
             opt = optimize_offline(fp32, staging / FILES["optimized"])
             report["verification"]["optimized"] = verify_lm(model, opt, tolerance)
@@ -93,6 +97,7 @@ def export_checkpoint(
             report["verification"]["int8"] = verify_lm(model, int8, tolerance, raise_on_fail=False)
             produced.update(optimized=opt, int8=int8)
         report["timings_s"]["verify"] = time.perf_counter() - t
+        stages.update()
 
         t = time.perf_counter()
         texts = list(val_texts) if val_texts is not None else _default_val_texts()
@@ -110,6 +115,7 @@ def export_checkpoint(
                 report["perplexity"]["int8"] / report["perplexity"]["fp32"] - 1
             )
         report["timings_s"]["perplexity"] = time.perf_counter() - t
+        stages.update()
 
         ckpt.tokenizer.save(str(staging / "tokenizer.json"))
         manifest = TextManifest(
@@ -151,6 +157,8 @@ def export_checkpoint(
             "size_mb": {k: round(v / 2**20, 2) for k, v in report["size_bytes"].items()},
         }
         (staging / "export_report.json").write_text(json.dumps(report, indent=2, default=str))
+        stages.update()
+    stages.close()
     if target == "triton":
         entry = write_lm_python_entry(repository / name, repository)
         report["triton"] = {"model": entry.name, "path": str(entry)}
