@@ -158,6 +158,8 @@ class TextManifest(EntryManifest):
     add_bos: bool = True
     tokenizer: str = "tokenizer.json"
     generation_defaults: dict = field(default_factory=dict)
+    chat_template: str | None = None  # the entry's Jinja chat template file (the checkpoint's own)
+    special_tokens: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token...: template variables
     architecture: dict = field(default_factory=dict)  # informational: layers, heads, hidden size...
     triton_model: str | None = None  # the decoupled Triton entry serving this model, when exported
     root: Path | None = field(default=None, compare=False)  # the entry directory it was read from
@@ -195,6 +197,8 @@ class TextManifest(EntryManifest):
             "add_bos": self.add_bos,
             "tokenizer": self.tokenizer,
             "generation_defaults": dict(self.generation_defaults),
+            "chat_template": self.chat_template,
+            "special_tokens": dict(self.special_tokens),
             "architecture": dict(self.architecture),
             **({"triton_model": self.triton_model} if self.triton_model else {}),
         }
@@ -213,6 +217,8 @@ class TextManifest(EntryManifest):
             "add_bos": bool(data.get("add_bos", True)),
             "tokenizer": str(data.get("tokenizer", "tokenizer.json")),
             "generation_defaults": dict(data.get("generation_defaults", {})),
+            "chat_template": data.get("chat_template"),
+            "special_tokens": {str(k): str(v) for k, v in data.get("special_tokens", {}).items()},
             "architecture": dict(data.get("architecture", {})),
             "triton_model": data.get("triton_model"),
         }

@@ -46,6 +46,13 @@ LM_INPUTS = (
     Tensor("IGNORE_EOS", "TYPE_BOOL", (1,), optional=True),
     Tensor("TIMEOUT_S", "TYPE_FP32", (1,), optional=True),
     Tensor("LOGPROBS", "TYPE_INT32", (1,), optional=True),
+    Tensor("MIN_P", "TYPE_FP32", (1,), optional=True),
+    Tensor("PRESENCE_PENALTY", "TYPE_FP32", (1,), optional=True),
+    Tensor("FREQUENCY_PENALTY", "TYPE_FP32", (1,), optional=True),
+    Tensor("LOGIT_BIAS_IDS", "TYPE_INT64", (-1,), optional=True),
+    Tensor("LOGIT_BIAS_VALUES", "TYPE_FP32", (-1,), optional=True),
+    Tensor("MIN_TOKENS", "TYPE_INT32", (1,), optional=True),
+    Tensor("STOP_TOKEN_IDS", "TYPE_INT64", (-1,), optional=True),
 )
 LM_OUTPUTS = (
     Tensor("TOKEN_IDS", "TYPE_INT64", (-1,)),

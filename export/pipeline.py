@@ -14,6 +14,7 @@ from pathlib import Path
 
 from contracts.manifest import GQA, STANDARD, TextManifest, attention_state
 from contracts.triton import triton_lm_name
+from export.chat import TEMPLATE_FILE, find_chat_template, special_tokens
 from export.checkpoint import load_checkpoint
 from export.fused_graph import build_fused_lm_onnx, fused_unsupported
 from export.onnx_export import export_lm_onnx, toolchain_versions
@@ -118,6 +119,9 @@ def export_checkpoint(
         stages.update()
 
         ckpt.tokenizer.save(str(staging / "tokenizer.json"))
+        template = find_chat_template(checkpoint, ckpt.source)
+        if template is not None:
+            (staging / TEMPLATE_FILE).write_text(template)
         manifest = TextManifest(
             name=name,
             files={k: FILES[k] for k in [*produced, *([] if no_fused else ["fused"])]},
@@ -130,6 +134,8 @@ def export_checkpoint(
             pad_token_id=cfg.pad_token_id,
             add_bos=ckpt.add_bos,
             generation_defaults=GENERATION_DEFAULTS,
+            chat_template=TEMPLATE_FILE if template is not None else None,
+            special_tokens=special_tokens(checkpoint, ckpt.source),
             architecture={
                 "family": cfg.family,
                 "num_layers": cfg.num_layers,

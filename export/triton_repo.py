@@ -121,7 +121,7 @@ def write_lm_python_entry(entry: Path, repository: Path, parameters: dict[str, s
                 _link_or_copy(weights, lm / weights.name)
             files[variant] = target.name
         _link_or_copy(manifest.path(manifest.tokenizer), lm / "tokenizer.json")
-        replace(manifest, files=files, tokenizer="tokenizer.json", triton_model=None).write(lm)
+        replace(manifest, files=files, tokenizer="tokenizer.json", triton_model=None, chat_template=None).write(lm)
         for module in vendored_files():
             dst = version / "kiln_vendor" / module
             dst.parent.mkdir(parents=True, exist_ok=True)

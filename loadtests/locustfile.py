@@ -67,22 +67,22 @@ def _generate_body(stream: bool) -> dict:
     }
 
 
+def shed(response) -> None:  # type: ignore[no-untyped-def]
+    """A 429 is deliberate load shedding: reported under its own name, Retry-After honoured."""
+    response.success()
+    events.request.fire(request_type="SHED", name="429 queue_full", response_time=0, response_length=0, exception=None)
+    time.sleep(float(response.headers.get("retry-after", "1")))
+
+
 class KilnHttpUser(HttpUser):
     wait_time = between(0.05, 0.3)
     weight = 3
-
-    def _shed(self, response) -> None:  # type: ignore[no-untyped-def]
-        response.success()  # deliberate load shedding, reported separately
-        events.request.fire(
-            request_type="SHED", name="429 queue_full", response_time=0, response_length=0, exception=None
-        )
-        time.sleep(float(response.headers.get("retry-after", "1")))
 
     @task(3)
     def generate(self) -> None:
         with self.client.post("/generate", json=_generate_body(False), catch_response=True) as r:
             if r.status_code == 429:
-                self._shed(r)
+                shed(r)
             elif r.status_code != 200 or "finish_reason" not in r.json():
                 r.failure(f"{r.status_code}: {r.text[:200]}")
 
@@ -95,7 +95,7 @@ class KilnHttpUser(HttpUser):
             "/generate", json=_generate_body(True), stream=True, catch_response=True, name="/generate [stream]"
         ) as r:
             if r.status_code == 429:
-                self._shed(r)
+                shed(r)
                 return
             if r.status_code != 200:
                 r.failure(f"{r.status_code}: {r.text[:200]}")
@@ -126,7 +126,7 @@ class KilnHttpUser(HttpUser):
         name = f"/classify [{views}]"
         with self.client.post(f"/classify{query}", files=files, catch_response=True, name=name) as r:
             if r.status_code == 429:
-                self._shed(r)
+                shed(r)
             elif r.status_code != 200 or not r.json()["results"][0]["top"]:
                 r.failure(f"{r.status_code}: {r.text[:200]}")
 
@@ -139,9 +139,82 @@ class KilnHttpUser(HttpUser):
         }
         with self.client.post("/v1/completions", json=body, catch_response=True) as r:
             if r.status_code == 429:
-                self._shed(r)
+                shed(r)
             elif r.status_code != 200:
                 r.failure(f"{r.status_code}: {r.text[:200]}")
+
+
+# A small bounded schema: every answer must parse and validate (checked below, per request).
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+CHAT_MESSAGES = [
+    [{"role": "user", "content": "a function that reverses a list"}],
+    [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "read a CSV file"}],
+]
+
+
+class KilnChatUser(HttpUser):
+    """OpenAI chat traffic: streaming and not, a share of it under a JSON schema."""
+
+    wait_time = between(0.05, 0.3)
+    weight = 1
+
+    def _body(self, stream: bool, schema: bool) -> dict:
+        body = {
+            "model": os.environ.get("KILN_LOAD_MODEL", "demo-lm"),
+            "messages": random.choice(CHAT_MESSAGES),
+            "max_tokens": 48 if schema else random.choice((16, 32)),
+            "temperature": random.choice((0.0, 0.7)),
+            "seed": random.randint(0, 2**31),
+            "stream": stream,
+        }
+        if schema:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+        return body
+
+    @task(2)
+    def chat(self) -> None:
+        schema = random.random() < 0.3
+        name = "/v1/chat/completions [json_schema]" if schema else "/v1/chat/completions"
+        with self.client.post(
+            "/v1/chat/completions", json=self._body(False, schema), catch_response=True, name=name
+        ) as r:
+            if r.status_code == 429:
+                shed(r)
+                return
+            if r.status_code != 200:
+                r.failure(f"{r.status_code}: {r.text[:200]}")
+                return
+            choice = r.json()["choices"][0]
+            if schema and choice["finish_reason"] == "stop":
+                document = json.loads(choice["message"]["content"])
+                if set(document) != {"name", "age"} or not 0 <= document["age"] <= 120:
+                    r.failure(f"output does not match the schema: {document}")
+
+    @task(2)
+    def chat_stream(self) -> None:
+        done = False
+        with self.client.post(
+            "/v1/chat/completions",
+            json=self._body(True, False),
+            stream=True,
+            catch_response=True,
+            name="/v1/chat/completions [stream]",
+        ) as r:
+            if r.status_code == 429:
+                shed(r)
+                return
+            for line in r.iter_lines():
+                done = done or line == b"data: [DONE]"
+            if r.status_code != 200 or not done:
+                r.failure(f"{r.status_code}: stream ended without [DONE]")
 
 
 class KilnGrpcUser(User):

@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute
 from service.api import health, playground
 from service.api.routes import ROUTERS
 from service.auth import ApiKeys
+from service.dataplane.chat import ChatDataPlane
 from service.dataplane.text import TextDataPlane
 from service.dataplane.vision import VisionDataPlane
 from service.http.errors import install_error_handlers
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
     text, vision = TextDataPlane(registry, metrics), VisionDataPlane(registry, metrics)
+    chat = ChatDataPlane(text)
     keys = ApiKeys.from_settings(
         settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
     )
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.text = text
+    app.state.chat = chat
     app.state.vision = vision
     app.state.api_keys = keys
     install_error_handlers(app)

@@ -57,10 +57,20 @@ class Settings(BaseSettings):
         description="Prompt tokens prefilled per engine step while others decode (chunked prefill).",
     )
 
+    # Chat (POST /v1/chat/completions).
+    chat_template: Path | None = Field(
+        None, description="A Jinja chat template file that replaces every model's own template."
+    )
+    default_chat_template: str | None = Field(
+        None, description="Template for models without one: a file, or `chatml` (built in). Unset: 400."
+    )
+
     # Request limits.
     max_new_tokens_limit: int = Field(1024, ge=1, description="Largest accepted max_new_tokens.")
     max_prompt_chars: int = Field(32_768, ge=1, description="Largest accepted prompt, in characters.")
-    max_stop_strings: int = Field(8, ge=0)
+    max_stop_strings: int = Field(8, ge=0, description="Most stop strings per request.")
+    max_stop_token_ids: int = Field(16, ge=0, description="Most stop token ids per request.")
+    max_logit_bias: int = Field(300, ge=0, description="Most entries in a request's logit_bias.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body.")
     max_header_bytes: int = Field(16_384, ge=1024, description="Largest accepted total size of request headers.")
     default_timeout_s: float | None = Field(None, description="Deadline for requests that give none.")

@@ -90,4 +90,5 @@ def wait_ready(client, timeout: float = 60.0) -> None:  # type: ignore[no-untype
     raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")
 
 
+from tests.chat_models import chat_repo  # noqa: E402,F401 - session fixture: models with and without chat templates
 from tests.families import family_zoo  # noqa: E402,F401 - session fixture: one tiny checkpoint per HF family

@@ -6,6 +6,7 @@ from fastapi import Request
 
 from service.auth import current_principal
 from service.dataplane.caller import Caller
+from service.dataplane.chat import ChatDataPlane
 from service.dataplane.text import TextDataPlane
 from service.dataplane.vision import VisionDataPlane
 
@@ -17,6 +18,10 @@ def caller_of(request: Request, protocol: str) -> Caller:
 
 def text_plane(request: Request) -> TextDataPlane:
     return request.app.state.text
+
+
+def chat_plane(request: Request) -> ChatDataPlane:
+    return request.app.state.chat
 
 
 def vision_plane(request: Request) -> VisionDataPlane:

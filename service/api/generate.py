@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.context import caller_of, text_plane
+from service.api.openai.protocol import token_bias
 from service.api.schemas import ERRORS, GENERATE_SSE_200, TEXT, GenerateRequest, GenerateResponse, Timings, Usage
 from service.dataplane.text import TextOptions
 from service.engine.request import FinishEvent
@@ -32,6 +33,13 @@ def to_options(body: GenerateRequest) -> TextOptions:
         stop=list(body.stop or []),
         timeout_s=body.timeout_s,
         ignore_eos=body.ignore_eos,
+        min_p=body.min_p,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=token_bias(body.logit_bias),
+        min_tokens=body.min_tokens,
+        stop_token_ids=list(body.stop_token_ids or []),
+        response_format=body.response_format.neutral() if body.response_format else None,
     )
 
 

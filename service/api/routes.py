@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api import classify, generate, health, playground
-from service.api.openai import completions
+from service.api import classify, generate, health, playground, tokenize
+from service.api.openai import chat, completions
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     generate.router,
     completions.router,
+    chat.router,
+    tokenize.router,
     classify.router,
     playground.router,
 )

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api.openai.chat_protocol import ResponseFormatIn
 from service.dataplane.text import LIMITS
 
 # Route tasks: the OpenAPI tag of every route and the `task` label of its request metrics.
@@ -38,6 +39,15 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(False, description="Server-Sent Events, one per text chunk, then a final event.")
     timeout_s: float | None = Field(None, **bounds("timeout_s"), description="Deadline; 504 or finish_reason timeout.")
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
+    min_p: float | None = Field(None, **bounds("min_p"), description="0 = off: keep p >= min_p x p(top token).")
+    presence_penalty: float | None = Field(None, **bounds("presence_penalty"), description="OpenAI's; 0 = off.")
+    frequency_penalty: float | None = Field(None, **bounds("frequency_penalty"), description="OpenAI's; 0 = off.")
+    logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) -> bias, -100 to 100.")
+    min_tokens: int | None = Field(None, **bounds("min_tokens"), description="No EOS or stop token before this.")
+    stop_token_ids: list[int] | None = Field(None, description="Token ids that end generation (not in the text).")
+    response_format: ResponseFormatIn | None = Field(
+        None, description="Structured output: `json_object`, `json_schema` or `regex`, as OpenAI shapes it."
+    )
 
 
 class Usage(BaseModel):
@@ -128,6 +138,11 @@ GENERATE_SSE_200 = sse_200(
     _object("id", "text", "token"),
     _object("id", "model", "finish_reason", "usage", "timings"),
     events=("message", "finish"),
+)
+# /v1/chat/completions streams OpenAI `chat.completion.chunk`s (the usage chunk has `choices: []`).
+CHAT_SSE_200 = sse_200(
+    "A JSON body, or with `stream: true` Server-Sent Events of `chat.completion.chunk`s, then `[DONE]`.",
+    _object("id", "object", "created", "model", "choices"),
 )
 # /v1/completions streams OpenAI `text_completion` chunks, then `data: [DONE]`.
 COMPLETIONS_SSE_200 = sse_200(

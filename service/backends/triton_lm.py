@@ -25,7 +25,7 @@ from service.engine.detokenize import StreamDecoder
 from service.engine.observer import EngineObserver
 from service.engine.request import Event, FinishEvent, TokenEvent
 from service.engine.textgen import BaseTextModel, GenerateParams
-from service.errors import KilnError, Unavailable
+from service.errors import KilnError, NotSupported, Unavailable
 from service.settings import Settings
 
 
@@ -93,6 +93,11 @@ class TritonTextModel(TritonModelHandle, BaseTextModel):
         """Validate and check Triton now (errors surface before any response starts), stream later."""
         if self._draining:
             raise Unavailable("server is shutting down; retry on another replica", code="draining")
+        if params.grammar is not None:
+            raise NotSupported(
+                "response_format needs the gateway's own engine (KILN_BACKEND=onnxruntime): the engine inside "
+                "Triton cannot apply the gateway's token masks"
+            )
         prompt_ids = self.validate(params)
         self.connection.check(self.triton_model)
         handle = _Handle()
@@ -120,6 +125,15 @@ class TritonTextModel(TritonModelHandle, BaseTextModel):
             arrays["TIMEOUT_S"] = np.array([timeout], np.float32)
         if params.logprobs is not None:
             arrays["LOGPROBS"] = np.array([params.logprobs], np.int32)
+        extras = {"MIN_P": s.min_p, "PRESENCE_PENALTY": s.presence_penalty, "FREQUENCY_PENALTY": s.frequency_penalty}
+        arrays.update({name: np.array([v], np.float32) for name, v in extras.items() if v})
+        if s.logit_bias:
+            arrays["LOGIT_BIAS_IDS"] = np.array([t for t, _ in s.logit_bias], np.int64)
+            arrays["LOGIT_BIAS_VALUES"] = np.array([b for _, b in s.logit_bias], np.float32)
+        if params.min_tokens:
+            arrays["MIN_TOKENS"] = np.array([params.min_tokens], np.int32)
+        if params.stop_token_ids:
+            arrays["STOP_TOKEN_IDS"] = np.array(sorted(params.stop_token_ids), np.int64)
         inputs = []
         for name, array in arrays.items():  # names and types: contracts/triton.py
             tensor = grpcclient.InferInput(name, list(array.shape), LM_INPUT[name].wire_dtype)

@@ -20,6 +20,7 @@ from service.engine.sampling import SamplingParams
 from service.engine.textgen import BaseTextModel, GenerateParams, TextStream
 from service.errors import DeadlineExceeded, InvalidRequest, KilnError
 from service.metrics import Metrics
+from service.structured import Grammar, ResponseFormat
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,17 @@ LIMITS: dict[str, Bound] = {
     "temperature": Bound(ge=0.0, le=5.0),
     "top_k": Bound(ge=0),
     "top_p": Bound(gt=0.0, le=1.0),
+    "min_p": Bound(ge=0.0, le=1.0),
     "repetition_penalty": Bound(ge=0.01, le=10.0),
+    "presence_penalty": Bound(ge=-2.0, le=2.0),
+    "frequency_penalty": Bound(ge=-2.0, le=2.0),
+    "min_tokens": Bound(ge=0),
     "seed": Bound(ge=0, le=2**63 - 1),
     "timeout_s": Bound(gt=0.0, le=3600.0),
     "logprobs": Bound(ge=0, le=20),
 }
 MAX_STOP_CHARS = 256
+LOGIT_BIAS = Bound(ge=-100.0, le=100.0)
 
 
 @dataclass
@@ -77,6 +83,15 @@ class TextOptions:
     timeout_s: float | None = None
     ignore_eos: bool = False
     logprobs: int | None = None  # alternatives per token; None = no logprobs
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_tokens: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    response_format: ResponseFormat | None = None
+    add_special_tokens: bool = True  # False: the prompt carries them already (a rendered chat)
+    fit_to_context: bool = False  # max_new_tokens unset: as many as the context holds (<= the server limit)
 
 
 @dataclass
@@ -113,7 +128,8 @@ class TextDataPlane:
             value = getattr(options, name)
             return value if value is not None else d.get(name, fallback)
 
-        max_new = int(pick("max_new_tokens", 64))
+        fit = options.fit_to_context and options.max_new_tokens is None
+        max_new = s.max_new_tokens_limit if fit else int(pick("max_new_tokens", 64))
         if max_new > s.max_new_tokens_limit:
             raise InvalidRequest(
                 f"max_new_tokens={max_new} exceeds the limit {s.max_new_tokens_limit} (KILN_MAX_NEW_TOKENS_LIMIT)",
@@ -137,18 +153,60 @@ class TextDataPlane:
             temperature=float(pick("temperature", 0.0)),
             top_k=top_k,
             top_p=float(pick("top_p", 1.0)),
+            min_p=float(pick("min_p", 0.0)),
             repetition_penalty=float(pick("repetition_penalty", 1.0)),
+            presence_penalty=float(pick("presence_penalty", 0.0)),
+            frequency_penalty=float(pick("frequency_penalty", 0.0)),
+            logit_bias=self._logit_bias(model, options.logit_bias),
             seed=options.seed,
         )
+        min_tokens = int(pick("min_tokens", 0))
+        if min_tokens > max_new:
+            raise InvalidRequest(
+                f"min_tokens={min_tokens} exceeds max_new_tokens={max_new}",
+                code="invalid_parameter",
+                param="min_tokens",
+            )
         return GenerateParams(
-            options.prompt,
-            max_new,
-            sampling,
-            list(options.stop),
-            options.timeout_s,
-            options.ignore_eos,
-            options.logprobs,
+            prompt=options.prompt,
+            max_new_tokens=max_new,
+            sampling=sampling,
+            stop=list(options.stop),
+            timeout_s=options.timeout_s,
+            ignore_eos=options.ignore_eos,
+            logprobs=options.logprobs,
+            min_tokens=min_tokens,
+            stop_token_ids=self._token_ids(model, options.stop_token_ids, "stop_token_ids", s.max_stop_token_ids),
+            grammar=self._grammar(model, options.response_format),
+            add_special_tokens=options.add_special_tokens,
+            fit_to_context=fit,
         )
+
+    @staticmethod
+    def _token_ids(model: BaseTextModel, ids: Sequence[int], param: str, most: int) -> frozenset[int]:
+        vocab = model.manifest.vocab_size
+        if len(ids) > most:
+            raise InvalidRequest(f"`{param}` takes at most {most} token ids", code="invalid_parameter", param=param)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequest(
+                f"`{param}`: token ids {bad[:5]} are outside the vocabulary [0, {vocab})",
+                code="invalid_parameter",
+                param=param,
+            )
+        return frozenset(int(t) for t in ids)
+
+    def _logit_bias(self, model: BaseTextModel, bias: dict[int, float]) -> tuple[tuple[int, float], ...]:
+        ids = self._token_ids(model, list(bias), "logit_bias", model.settings.max_logit_bias)
+        for value in bias.values():
+            LOGIT_BIAS.check("logit_bias", value)
+        return tuple(sorted((t, float(bias[t])) for t in ids))
+
+    @staticmethod
+    def _grammar(model: BaseTextModel, fmt: ResponseFormat | None) -> Grammar | None:
+        if fmt is None or not fmt.constrained:
+            return None
+        return model.structured.compile(fmt)
 
     def open(self, caller: Caller, options: TextOptions) -> tuple[BaseTextModel, TextStream]:
         """Validate and enqueue now (errors surface before any response starts); stream later."""
@@ -160,17 +218,20 @@ class TextDataPlane:
         if not batch:
             raise InvalidRequest("the request holds no prompt", code="empty_prompt", param="prompt")
         model = self.model(caller, batch[0].model)
-        params = [self.resolve(model, o) for o in batch]
+        return model, self.submit(caller, model, [self.resolve(model, o) for o in batch])
+
+    def submit(self, caller: Caller, model: BaseTextModel, batch: Sequence[GenerateParams]) -> list[TextStream]:
+        """Enqueue resolved requests on `model`, all or none; count their prompt tokens."""
         streams: list[TextStream] = []
         try:
-            for p in params:
+            for p in batch:
                 streams.append(model.open_stream(p, caller.protocol))
         except KilnError:
             for opened in streams:
                 opened.cancel()
             raise
         self.metrics.prompt_tokens.labels(model.name, caller.protocol).inc(sum(s.prompt_tokens for s in streams))
-        return model, streams
+        return streams
 
     async def complete(self, caller: Caller, options: TextOptions) -> tuple[BaseTextModel, Completed]:
         model, stream = self.open(caller, options)

@@ -25,41 +25,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-from numpy.random import default_rng  # imported now: numpy loads it lazily, ~20 ms on first use
 
-from service.engine.detokenize import StreamDecoder
 from service.engine.observer import EngineObserver
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
 from service.engine.runner import ModelRunner
-from service.engine.sampling import sample_token, token_logprobs
+from service.engine.sampling import token_logprobs
+from service.engine.sequence import ActiveSequence
 from service.errors import QueueFull, Unavailable
 
 log = logging.getLogger("kiln.engine")
-
-
-class _Sequence:
-    """Per-request state while it holds a KV slot."""
-
-    def __init__(self, req: GenerationRequest, decode: Callable[[Sequence[int]], str], vocab: int) -> None:
-        self.req = req
-        self.decoder = StreamDecoder(decode, req.stop)
-        self.rng = default_rng(req.sampling.seed)
-        self.seen = np.zeros(vocab, dtype=bool)
-        self.seen[[t for t in req.prompt_ids if 0 <= t < vocab]] = True
-        self.generated = 0
-        self.last_token = -1
-        self.admitted = time.monotonic()
-        self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
-        self.prefilled = 0  # prompt tokens already in the KV cache
-
-    def seen_ids(self) -> np.ndarray:
-        return np.flatnonzero(self.seen) if self.req.sampling.repetition_penalty != 1.0 else _EMPTY
-
-
-_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 class GenerationEngine:
@@ -89,8 +66,9 @@ class GenerationEngine:
         self.obs = observer or EngineObserver()
         self.step_delay_s = step_delay_s  # fault injection only
         self._waiting: deque[GenerationRequest] = deque()
-        self._active: list[_Sequence] = []
-        self._prefilling: _Sequence | None = None  # in KV row len(self._active)
+        self._active: list[ActiveSequence] = []
+        self._prefilling: ActiveSequence | None = None  # in KV row len(self._active)
+        self._mask_pool: ThreadPoolExecutor | None = None  # structured outputs only
         self._cv = threading.Condition()
         self._stopping = False
         self._draining = False
@@ -105,6 +83,8 @@ class GenerationEngine:
             self._stopping = True
             self._cv.notify_all()
         self._thread.join(timeout)
+        if self._mask_pool is not None:
+            self._mask_pool.shutdown(wait=False)
 
     def begin_drain(self) -> None:
         with self._cv:
@@ -191,7 +171,7 @@ class GenerationEngine:
                         waited = now - req.created
                         req.emit(FinishEvent(reason, len(req.prompt_ids), 0, None, waited, waited, msg))
                         continue
-                    seq = _Sequence(req, self._decode_text, self.vocab)
+                    seq = ActiveSequence(req, self._decode_text, self.vocab, self.eos)
                     self.obs.queue_time(self.name, seq.admitted - req.created)
                     self._prefilling = seq
                     self.obs.slots(self.name, self.slots_in_use, self.runner.max_batch)
@@ -241,18 +221,31 @@ class GenerationEngine:
             time.sleep(self.step_delay_s)
         self.obs.batch_size(self.name, len(self._active))
         last = np.fromiter((s.last_token for s in self._active), dtype=np.int64, count=len(self._active))
+        masks = self._prepare_masks()
         logits = self.runner.decode(last)
+        if masks is not None:
+            masks.result()
         # Walk backwards so finishing (which moves the last row into the hole) is safe.
         for row in range(len(self._active) - 1, -1, -1):
             self._accept(row, logits[row])
 
+    def _prepare_masks(self) -> Future | None:
+        """Structured outputs: compute the next-token masks while the decode step runs."""
+        constrained = [s.constraint for s in self._active if s.constraint is not None]
+        if not constrained:
+            return None
+        if self._mask_pool is None:
+            self._mask_pool = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-masks-{self.name}")
+
+        def prepare() -> None:
+            for constraint in constrained:
+                constraint.prepare()
+
+        return self._mask_pool.submit(prepare)
+
     def _accept(self, row: int, logits: np.ndarray) -> None:
         seq = self._active[row]
-        sampling = seq.req.sampling
-        if sampling.greedy and sampling.repetition_penalty == 1.0:
-            token = int(np.argmax(logits))  # what sample_token returns, without the float64 copy
-        else:
-            token = sample_token(logits, sampling, seq.rng, seq.seen_ids())
+        token = seq.choose(logits)
         now = time.monotonic()
         if seq.first_token_at is None:
             seq.first_token_at = now
@@ -260,18 +253,22 @@ class GenerationEngine:
         elif seq.last_token_at is not None:
             self.obs.inter_token(self.name, now - seq.last_token_at)
         seq.last_token_at = now
-        seq.last_token = token
-        seq.seen[token] = True
-        seq.generated += 1
+        seq.took(token)
         self.obs.tokens(self.name, seq.req.protocol, 1)
-        if token in self.eos and not seq.req.ignore_eos:
+        if seq.constraint is not None and seq.constraint.error:
+            self._finish(row, "error", f"structured output failed: {seq.constraint.error}")
+            return
+        if token in self.eos and (not seq.req.ignore_eos or seq.constraint is not None):
             self._finish(row, "eos")
+            return
+        if token in seq.req.stop_token_ids:
+            self._finish(row, "stop")
             return
         event = TokenEvent(seq.decoder.push(token), token)
         if seq.req.logprobs is not None:
             event.logprob, event.top_logprobs = token_logprobs(logits, token, seq.req.logprobs)
         seq.req.emit(event)
-        if seq.decoder.stopped:
+        if seq.decoder.stopped or (seq.constraint is not None and seq.constraint.done):
             self._finish(row, "stop")
         elif seq.generated >= seq.req.max_new_tokens:
             self._finish(row, "length")

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from service.engine.constraint import Constraint
 from service.engine.sampling import SamplingParams
 from service.errors import KilnError
 
@@ -50,6 +51,9 @@ class GenerationRequest:
     deadline: float | None = None  # time.monotonic() value
     ignore_eos: bool = False
     logprobs: int | None = None  # alternatives to report per token (None = no logprobs)
+    min_tokens: int = 0  # end-of-sequence and stop token ids are banned before this many tokens
+    stop_token_ids: frozenset[int] = frozenset()  # end the sequence (finish reason "stop"), not emitted
+    constraint: Constraint | None = None  # structured output: the allowed next tokens
     protocol: str = "http"
     created: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)

@@ -1,7 +1,11 @@
 """Token selection: small pure functions over one row of logits (numpy, no framework).
 
-Each sequence carries its own parameters and its own seeded generator, so a request's
-samples do not depend on what else shares its batch.
+Each sequence carries its own parameters, its own token statistics and its own seeded
+generator, so a request's samples do not depend on what else shares its batch.
+
+The order follows vLLM's: logit bias, banned tokens (EOS before `min_tokens`) and the
+structured-output mask, then the penalties (repetition over prompt and output, presence and
+frequency over the output, OpenAI's formula), then temperature, top-k, top-p and min-p.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
-    repetition_penalty: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off: keep tokens with p >= min_p * p(most likely)
+    repetition_penalty: float = 1.0  # 1 = off (CTRL: prompt and output tokens)
+    presence_penalty: float = 0.0  # OpenAI: minus this once for every token already in the output
+    frequency_penalty: float = 0.0  # OpenAI: minus this times the token's count in the output
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     seed: int | None = None
 
     @property
@@ -26,6 +34,16 @@ class SamplingParams:
         # Below 1e-5 dividing by the temperature overflows float64 for ordinary logits, and the
         # distribution is one-hot anyway: such temperatures mean greedy.
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether anything but temperature and truncation changes the logits."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or bool(self.logit_bias)
+        )
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
@@ -38,10 +56,38 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
     return out
 
 
-def allowed_mask(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
-    """Boolean mask of tokens that top-k and then top-p (nucleus) keep."""
+def adjust_logits(
+    logits: np.ndarray,
+    params: SamplingParams,
+    seen: np.ndarray,
+    counts: np.ndarray | None = None,
+    banned: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
+    """float64 logits with bias, bans, the allowed mask and the penalties applied (a new array).
+
+    `seen`: token ids of prompt and output (repetition penalty); `counts`: per-token counts of
+    the output (presence, frequency); `banned`: ids that may not come now; `allowed`: a boolean
+    mask over the vocabulary (structured outputs), None = everything.
+    """
+    out = logits.astype(np.float64)  # always a copy: callers keep the model's logits for logprobs
+    for token, bias in params.logit_bias:
+        if 0 <= token < out.shape[-1]:
+            out[token] += bias
+    if banned is not None and banned.size:
+        out[banned] = -np.inf
+    if allowed is not None:
+        out[~allowed] = -np.inf
+    out = apply_repetition_penalty(out, seen, params.repetition_penalty)
+    if counts is not None and (params.presence_penalty or params.frequency_penalty):
+        out -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
+    return out
+
+
+def allowed_mask(logits: np.ndarray, top_k: int, top_p: float, min_p: float = 0.0) -> np.ndarray:
+    """Boolean mask of tokens that top-k, then top-p (nucleus), then min-p keep."""
     vocab = logits.shape[-1]
-    keep = np.ones(vocab, dtype=bool)
+    keep = np.isfinite(logits)
     if 0 < top_k < vocab:
         kth = np.partition(logits, vocab - top_k)[vocab - top_k]
         keep &= logits >= kth
@@ -55,6 +101,11 @@ def allowed_mask(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
         nucleus = np.zeros(vocab, dtype=bool)
         nucleus[order[:cutoff]] = True
         keep &= nucleus
+    if min_p > 0.0:
+        probs = softmax(np.where(keep, logits, -np.inf))
+        keep &= probs >= min_p * probs.max()
+    if not keep.any():  # everything banned or masked: the best of what is left of the model
+        keep[int(np.argmax(logits))] = True
     return keep
 
 
@@ -64,13 +115,22 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator, seen: np.ndarray) -> int:
-    logits = apply_repetition_penalty(logits.astype(np.float64, copy=False), seen, params.repetition_penalty)
+def sample_token(
+    logits: np.ndarray,
+    params: SamplingParams,
+    rng: np.random.Generator | None,
+    seen: np.ndarray,
+    counts: np.ndarray | None = None,
+    banned: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
+) -> int:
+    adjusted = adjust_logits(logits, params, seen, counts, banned, allowed)
     if params.greedy:
-        return int(np.argmax(logits))
-    scaled = logits / params.temperature
-    keep = allowed_mask(scaled, params.top_k, params.top_p)
+        return int(np.argmax(adjusted))
+    scaled = adjusted / params.temperature
+    keep = allowed_mask(scaled, params.top_k, params.top_p, params.min_p)
     probs = softmax(np.where(keep, scaled, -np.inf))
+    assert rng is not None, "sampling needs a generator"
     return int(rng.choice(probs.shape[0], p=probs))
 
 

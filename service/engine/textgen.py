@@ -9,26 +9,35 @@ and metrics are the data plane's (service/dataplane/text.py); transports only tr
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from tokenizers import Tokenizer
 
 from contracts.manifest import TextManifest
+from service.chat_template import ChatTemplate, TemplateError, end_of_turn_ids, load_template
 from service.engine.build import build_text_engine
 from service.engine.observer import EngineObserver
 from service.engine.request import Event, FinishEvent, GenerationRequest
 from service.engine.sampling import SamplingParams
+from service.engine.token_bytes import TokenBytes
 from service.errors import InvalidRequest, PromptTooLong
 from service.settings import Settings
+from service.structured import Grammar, StructuredOutputs
+
+log = logging.getLogger("kiln.textgen")
 
 
 @dataclass
 class GenerateParams:
+    """A request with defaults and limits applied (the data plane builds it)."""
+
     prompt: str
     max_new_tokens: int
     sampling: SamplingParams
@@ -36,6 +45,11 @@ class GenerateParams:
     timeout_s: float | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
+    min_tokens: int = 0
+    stop_token_ids: frozenset[int] = frozenset()
+    grammar: Grammar | None = None  # structured output: each sequence gets its own matcher
+    add_special_tokens: bool = True  # False: the prompt already holds them (a rendered chat template)
+    fit_to_context: bool = False  # max_new_tokens is a ceiling: stop where the context ends instead of refusing
 
 
 class TextStream(Protocol):
@@ -118,6 +132,20 @@ class BaseTextModel:
         self.name = manifest.name
         self.settings = settings
         self.tokenizer = Tokenizer.from_file(str(manifest.path(manifest.tokenizer)))
+        entry_template = manifest.path(manifest.chat_template) if manifest.chat_template else None
+        self.chat_template: ChatTemplate | None = None
+        self.chat_template_error = ""  # why a template that exists cannot be used
+        try:
+            self.chat_template = load_template(
+                settings.chat_template, entry_template, settings.default_chat_template, manifest.special_tokens
+            )
+        except (TemplateError, OSError) as exc:
+            self.chat_template_error = str(exc)
+            log.error("%s: %s", manifest.name, exc)
+        # A chat turn ends at EOS or at the template's end-of-turn tokens (<|im_end|>, <|eot_id|>).
+        self.end_of_turn_ids = (
+            end_of_turn_ids(self.chat_template, self.tokenizer) if self.chat_template else frozenset()
+        )
 
     @property
     def context_length(self) -> int:
@@ -131,16 +159,27 @@ class BaseTextModel:
     def unavailable_reason(self) -> str | None:
         return None
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; BOS first when the model wants one and the text does not carry it."""
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return [self.manifest.bos_token_id, *ids] if self.manifest.add_bos else ids
+        return [self.manifest.bos_token_id, *ids] if self.manifest.add_bos and add_special_tokens else ids
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+    @cached_property
+    def structured(self) -> StructuredOutputs:
+        """Structured outputs for this model's vocabulary (llguidance's tokenizer is built on first use)."""
+        return StructuredOutputs(self.tokenizer.to_str(), self.manifest.vocab_size, self.manifest.eos_token_ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_text(self, token_id: int) -> str:
         """One token as text, special tokens included (logprobs name tokens this way)."""
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    @cached_property
+    def token_bytes(self) -> TokenBytes:
+        """The bytes a token stands for (OpenAI chat logprobs' `bytes`)."""
+        return TokenBytes(self.tokenizer)
 
     def validate(self, params: GenerateParams) -> list[int]:
         """Check limits that depend on the model; return the prompt's token ids."""
@@ -157,7 +196,11 @@ class BaseTextModel:
                     f"{what} is not valid Unicode (it contains a lone surrogate such as \\ud800)",
                     code="invalid_prompt" if what == "prompt" else "invalid_stop",
                 )
-        ids = self.encode(params.prompt)
+        ids = self.encode(params.prompt, params.add_special_tokens)
+        if params.fit_to_context and len(ids) < self.context_length:
+            params.max_new_tokens = max(
+                min(params.max_new_tokens, self.context_length - len(ids)), params.min_tokens, 1
+            )
         budget = self.context_length - params.max_new_tokens
         if len(ids) > budget:
             raise PromptTooLong(
@@ -213,6 +256,9 @@ class TextModel(BaseTextModel):
             deadline=None if timeout is None else time.monotonic() + timeout,
             ignore_eos=params.ignore_eos,
             logprobs=params.logprobs,
+            min_tokens=params.min_tokens,
+            stop_token_ids=params.stop_token_ids,
+            constraint=params.grammar.matcher() if params.grammar is not None else None,
             protocol=protocol,
         )
         self.engine.submit(req)

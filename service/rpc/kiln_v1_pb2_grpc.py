@@ -44,6 +44,16 @@ class KilnStub:
                 request_serializer=service_dot_rpc_dot_kiln__v1__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=service_dot_rpc_dot_kiln__v1__pb2.GenerateStreamResponse.FromString,
                 _registered_method=True)
+        self.Chat = channel.unary_unary(
+                '/kiln.v1.Kiln/Chat',
+                request_serializer=service_dot_rpc_dot_kiln__v1__pb2.ChatRequest.SerializeToString,
+                response_deserializer=service_dot_rpc_dot_kiln__v1__pb2.ChatResponse.FromString,
+                _registered_method=True)
+        self.ChatStream = channel.unary_stream(
+                '/kiln.v1.Kiln/ChatStream',
+                request_serializer=service_dot_rpc_dot_kiln__v1__pb2.ChatRequest.SerializeToString,
+                response_deserializer=service_dot_rpc_dot_kiln__v1__pb2.GenerateStreamResponse.FromString,
+                _registered_method=True)
         self.Classify = channel.unary_unary(
                 '/kiln.v1.Kiln/Classify',
                 request_serializer=service_dot_rpc_dot_kiln__v1__pb2.ClassifyRequest.SerializeToString,
@@ -73,6 +83,20 @@ class KilnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Chat(self, request, context):
+        """A chat turn: the messages are rendered with the model's chat template.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChatStream(self, request, context):
+        """The same, one message per text chunk, then a final message with finish reason and usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Classify(self, request, context):
         """Multi-view image classification; images as encoded bytes (PNG, JPEG, ...).
         """
@@ -97,6 +121,16 @@ def add_KilnServicer_to_server(servicer, server):
             'GenerateStream': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateStream,
                     request_deserializer=service_dot_rpc_dot_kiln__v1__pb2.GenerateRequest.FromString,
+                    response_serializer=service_dot_rpc_dot_kiln__v1__pb2.GenerateStreamResponse.SerializeToString,
+            ),
+            'Chat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Chat,
+                    request_deserializer=service_dot_rpc_dot_kiln__v1__pb2.ChatRequest.FromString,
+                    response_serializer=service_dot_rpc_dot_kiln__v1__pb2.ChatResponse.SerializeToString,
+            ),
+            'ChatStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ChatStream,
+                    request_deserializer=service_dot_rpc_dot_kiln__v1__pb2.ChatRequest.FromString,
                     response_serializer=service_dot_rpc_dot_kiln__v1__pb2.GenerateStreamResponse.SerializeToString,
             ),
             'Classify': grpc.unary_unary_rpc_method_handler(
@@ -163,6 +197,60 @@ class Kiln:
             target,
             '/kiln.v1.Kiln/GenerateStream',
             service_dot_rpc_dot_kiln__v1__pb2.GenerateRequest.SerializeToString,
+            service_dot_rpc_dot_kiln__v1__pb2.GenerateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.v1.Kiln/Chat',
+            service_dot_rpc_dot_kiln__v1__pb2.ChatRequest.SerializeToString,
+            service_dot_rpc_dot_kiln__v1__pb2.ChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChatStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kiln.v1.Kiln/ChatStream',
+            service_dot_rpc_dot_kiln__v1__pb2.ChatRequest.SerializeToString,
             service_dot_rpc_dot_kiln__v1__pb2.GenerateStreamResponse.FromString,
             options,
             channel_credentials,

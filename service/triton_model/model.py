@@ -60,6 +60,11 @@ def _scalar(request, name: str, default):  # type: ignore[no-untyped-def]
     return tensor.as_numpy().reshape(-1)[0].item()
 
 
+def _array(request, name: str) -> list:  # type: ignore[no-untyped-def]
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return [] if tensor is None else tensor.as_numpy().reshape(-1).tolist()
+
+
 def _strings(request, name: str) -> list[str]:  # type: ignore[no-untyped-def]
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
@@ -145,6 +150,10 @@ class TritonPythonModel:
             top_k=int(_scalar(request, "TOP_K", 0)),
             top_p=float(_scalar(request, "TOP_P", 1.0)),
             repetition_penalty=float(_scalar(request, "REPETITION_PENALTY", 1.0)),
+            min_p=float(_scalar(request, "MIN_P", 0.0)),
+            presence_penalty=float(_scalar(request, "PRESENCE_PENALTY", 0.0)),
+            frequency_penalty=float(_scalar(request, "FREQUENCY_PENALTY", 0.0)),
+            logit_bias=tuple(zip(_array(request, "LOGIT_BIAS_IDS"), _array(request, "LOGIT_BIAS_VALUES"), strict=True)),
             seed=None if seed < 0 else int(seed),
         )
         holder: dict = {}
@@ -174,6 +183,8 @@ class TritonPythonModel:
             deadline=time.monotonic() + timeout if timeout > 0 else None,
             ignore_eos=bool(_scalar(request, "IGNORE_EOS", False)),
             logprobs=None if logprobs < 0 else logprobs,
+            min_tokens=int(_scalar(request, "MIN_TOKENS", 0)),
+            stop_token_ids=frozenset(int(t) for t in _array(request, "STOP_TOKEN_IDS")),
             protocol="triton",
         )
         holder["req"] = req

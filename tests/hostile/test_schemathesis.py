@@ -62,7 +62,15 @@ def test_every_operation_conforms_to_the_live_schema(live) -> None:  # type: ign
 
         run()
         tested.append(operation.label)
-    assert {"POST /generate", "POST /v1/completions", "GET /v1/models", "GET /readyz"} <= set(tested)
+    assert {
+        "POST /generate",
+        "POST /v1/completions",
+        "POST /v1/chat/completions",
+        "POST /tokenize",
+        "POST /detokenize",
+        "GET /v1/models",
+        "GET /readyz",
+    } <= set(tested)
 
 
 STREAMING_CASES = {
@@ -73,6 +81,16 @@ STREAMING_CASES = {
         "max_tokens": 3,
         "stream": True,
         "logprobs": 2,
+        "stream_options": {"include_usage": True},
+    },
+    "/v1/chat/completions": {
+        "model": "tiny-lm",
+        "messages": [{"role": "user", "content": "def f(x):"}],
+        "max_tokens": 3,
+        "n": 2,
+        "stream": True,
+        "logprobs": True,
+        "top_logprobs": 2,
         "stream_options": {"include_usage": True},
     },
 }

@@ -138,3 +138,34 @@ def test_frameworks_own_errors_come_in_kilns_shape(both) -> None:  # type: ignor
         assert r.headers["x-request-id"]
     r = client.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_chat_over_rest_and_grpc_is_the_same_turn(both) -> None:  # type: ignore[no-untyped-def]
+    client, stub = both
+    messages = [{"role": "system", "content": "Write Python."}, {"role": "user", "content": "a fib function"}]
+    sampling = {"max_tokens": 10, "temperature": 0.7, "seed": 11, "presence_penalty": 0.5, "logit_bias": {"40": 2.0}}
+    rest = client.post("/v1/chat/completions", json={"model": "tiny-lm", "messages": messages, **sampling}).json()
+    request = pb.ChatRequest(
+        model="tiny-lm",
+        messages=[pb.ChatMessage(**m) for m in messages],
+        max_new_tokens=10,
+        temperature=0.7,
+        seed=11,
+        presence_penalty=0.5,
+        logit_bias={40: 2.0},
+    )
+    rpc = stub.Chat(request)
+    assert rpc.message.content == rest["choices"][0]["message"]["content"] and rpc.message.role == "assistant"
+    assert rpc.usage.completion_tokens == rest["usage"]["completion_tokens"]
+    streamed = "".join(m.chunk.text for m in stub.ChatStream(request) if m.HasField("chunk"))
+    assert streamed == rpc.message.content
+    bad = pb.ChatRequest(model="tiny-lm", messages=[pb.ChatMessage(role="wizard", content="x")])
+    code, kiln_code = grpc_code_of(stub.Chat, bad)
+    r = client.post("/v1/chat/completions", json={"model": "tiny-lm", "messages": [{"role": "wizard", "content": "x"}]})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and kiln_code == r.json()["error"]["code"] == "invalid_messages"
+
+
+def grpc_code_of(method, request) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as err:
+        method(request)
+    return err.value.code(), err.value.details().split(":", 1)[0]

@@ -39,7 +39,13 @@ def to_options(body: CompletionRequest, prompt: str, choice: int) -> TextOptions
         temperature=body.temperature,
         top_k=body.top_k,
         top_p=body.top_p,
+        min_p=body.min_p,
         repetition_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=body.logit_bias_ids,
+        min_tokens=body.min_tokens,
+        stop_token_ids=list(body.stop_token_ids or []),
         seed=None if body.seed is None else body.seed + choice,  # n choices must differ
         stop=body.stops,
         logprobs=body.logprobs,

@@ -15,6 +15,14 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length", "timeout": "length"
 PARAM_NAMES = {"max_new_tokens": "max_tokens"}
 
 
+def token_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's `logit_bias` (JSON object keys are strings) as token id -> bias."""
+    try:
+        return {int(k): float(v) for k, v in (bias or {}).items()}
+    except ValueError as exc:
+        raise InvalidRequest("logit_bias keys must be token ids", code="invalid_parameter", param="logit_bias") from exc
+
+
 @contextmanager
 def openai_errors() -> Iterator[None]:
     """Errors raised inside name OpenAI's request fields in `param`."""
@@ -49,21 +57,21 @@ class CompletionRequest(BaseModel):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    # Kiln extensions (as vLLM does): top_k and repetition_penalty.
+    # Extensions, as vLLM names them.
     top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    min_tokens: int = Field(0, ge=0)
+    stop_token_ids: list[int] | None = None
 
     def refuse_unsupported(self) -> None:
         unsupported = {
             "echo": self.echo,
             "suffix": self.suffix is not None,
             "best_of": self.best_of not in (None, 1, self.n),
-            "presence_penalty": self.presence_penalty != 0.0,
-            "frequency_penalty": self.frequency_penalty != 0.0,
-            "logit_bias": bool(self.logit_bias),
         }
         for name, used in unsupported.items():
             if used:
@@ -78,6 +86,10 @@ class CompletionRequest(BaseModel):
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)  # type: ignore[arg-type]
+
+    @property
+    def logit_bias_ids(self) -> dict[int, float]:
+        return token_bias(self.logit_bias)
 
     @property
     def stops(self) -> list[str]:

@@ -1,0 +1,170 @@
+"""POST /v1/chat/completions: the OpenAI Chat Completions API ⇄ the chat data plane.
+
+Streaming follows OpenAI's shape: per choice a first chunk whose delta carries the role, then
+content deltas, then a chunk with the finish reason and an empty delta; with
+`stream_options.include_usage` every chunk carries `"usage": null` and a last chunk with
+`"choices": []` carries the usage; then `data: [DONE]`. Chunks are plain dicts serialized
+once (no model validation per token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from service.api.context import caller_of, chat_plane
+from service.api.openai.chat_protocol import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChoiceLogprobs,
+    MessageOut,
+    TokenLogprob,
+)
+from service.api.openai.protocol import FINISH, CompletionUsage, openai_errors
+from service.api.schemas import CHAT_SSE_200, ERRORS, TEXT
+from service.dataplane.text import Completed, TextOptions, collect
+from service.engine.request import FinishEvent, TokenEvent
+from service.engine.textgen import BaseTextModel, TextStream
+from service.errors import KilnError
+from service.http import sse
+from service.http.cancellation import until_done_or_disconnected
+
+router = APIRouter(tags=[TEXT])
+
+
+def to_options(body: ChatCompletionRequest, choice: int) -> TextOptions:
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return TextOptions(
+        prompt="",  # the chat data plane renders the messages
+        model=body.model,
+        max_new_tokens=max_tokens,
+        fit_to_context=max_tokens is None,
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=body.logit_bias_ids,
+        min_tokens=body.min_tokens,
+        stop_token_ids=list(body.stop_token_ids or []),
+        seed=None if body.seed is None else body.seed + choice,  # n choices must differ
+        stop=body.stops,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        response_format=body.response_format.neutral() if body.response_format else None,
+    )
+
+
+def token_logprob(model: BaseTextModel, event: TokenEvent) -> dict[str, Any]:
+    """OpenAI's per-token logprobs entry: the token, its log-probability, its bytes, the alternatives."""
+    top = [
+        {"token": model.token_text(t), "logprob": lp, "bytes": model.token_bytes(t)}
+        for t, lp in event.top_logprobs or []
+    ]
+    token = event.token_id
+    return {
+        "token": model.token_text(token),
+        "logprob": event.logprob,
+        "bytes": model.token_bytes(token),
+        "top_logprobs": top,
+    }
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**CHAT_SSE_200, **ERRORS})
+async def chat_completions(body: ChatCompletionRequest, request: Request):  # type: ignore[no-untyped-def]
+    body.refuse_unsupported()
+    plane, caller = chat_plane(request), caller_of(request, "openai")
+    with openai_errors():  # validate and enqueue every choice before answering: errors are plain 4xx
+        model, streams = plane.open_many(caller, body.chat_messages(), [to_options(body, i) for i in range(body.n)])
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    prompt_tokens = streams[0].prompt_tokens
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model.name}
+        chunks = stream_chunks(streams, model, head, body.logprobs, prompt_tokens, include_usage)
+        return StreamingResponse(chunks, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+    gathered = asyncio.gather(*(collect(s) for s in streams))
+    try:
+        results: list[Completed] = await until_done_or_disconnected(request, gathered)
+    finally:
+        for s in streams:
+            s.cancel()  # no-op for finished ones; frees the slots of the others on any failure
+    choices = []
+    for index, done in enumerate(results):
+        logprobs = None
+        if body.logprobs:
+            logprobs = ChoiceLogprobs(content=[TokenLogprob(**token_logprob(model, e)) for e in done.tokens])
+        message = MessageOut(content=done.text)
+        choices.append(
+            ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=FINISH[done.finish.reason])
+        )
+    completion_tokens = sum(done.finish.completion_tokens for done in results)
+    usage = CompletionUsage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
+    return ChatCompletion(id=completion_id, created=created, model=model.name, choices=choices, usage=usage)
+
+
+async def stream_chunks(
+    streams: list[TextStream],
+    model: BaseTextModel,
+    head: dict[str, Any],
+    want_logprobs: bool,
+    prompt_tokens: int,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """Merge the choices' event streams into one SSE stream of chat chunks, in arrival order."""
+    merged: asyncio.Queue[tuple[int, TokenEvent | FinishEvent]] = asyncio.Queue()
+    usage_field = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict, finish: str | None = None, logprobs: list | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": {"content": logprobs} if logprobs else None}
+        return sse.event({**head, "choices": [{**choice, "finish_reason": finish}], **usage_field})
+
+    async def pump(index: int, stream: TextStream) -> None:
+        async for event in stream:
+            await merged.put((index, event))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining, completion_tokens = len(streams), 0
+    try:
+        for index in range(len(streams)):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        while remaining:
+            index, event = await merged.get()
+            if isinstance(event, FinishEvent):
+                if event.reason == "error":
+                    yield sse.error_event(
+                        event.error or KilnError(event.message or "inference failed", code="inference_failed")
+                    )
+                    yield sse.DONE
+                    return
+                remaining -= 1
+                completion_tokens += event.completion_tokens
+                yield chunk(index, {}, FINISH.get(event.reason, event.reason))
+                continue
+            logprobs = [token_logprob(model, event)] if want_logprobs and event.token_id >= 0 else None
+            if event.text or logprobs:
+                yield chunk(index, {"content": event.text}, logprobs=logprobs)
+        if include_usage:
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            yield sse.event({**head, "choices": [], "usage": usage})
+        yield sse.DONE
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            stream.cancel()
