@@ -8,10 +8,12 @@ way a generation is an iterator of text chunks; `cancel()` (Ctrl-C) stops it and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,22 +89,23 @@ class TextSource(Protocol):
 
 
 class LocalGeneration:
-    """Engine events through a thread-safe queue (no event loop: the engine thread emits)."""
+    """A data-plane stream pumped on the model's event-loop thread into a thread-safe queue."""
 
-    def __init__(self, model: Any, prompt_ids: list[int], params: Any) -> None:
-        from service.engine.request import GenerationRequest
-
+    def __init__(self, loop: asyncio.AbstractEventLoop, open_stream: Callable[[], Any]) -> None:
+        self.loop = loop
         self.events: queue.Queue[Any] = queue.Queue()
         self.outcome = Outcome()
-        self.request = GenerationRequest(
-            prompt_ids=prompt_ids,
-            max_new_tokens=params.max_new_tokens,
-            sampling=params.sampling,
-            stop=params.stop,
-            emit=self.events.put,
-            protocol="cli",
-        )
-        model.engine.submit(self.request)
+        # Opening validates and enqueues: a refused request raises here, before any output.
+        self.stream = asyncio.run_coroutine_threadsafe(self._open(open_stream), loop).result()
+        asyncio.run_coroutine_threadsafe(self._pump(), loop)
+
+    @staticmethod
+    async def _open(open_stream: Callable[[], Any]) -> Any:
+        return open_stream()
+
+    async def _pump(self) -> None:
+        async for event in self.stream:
+            self.events.put(event)
 
     def __iter__(self) -> Iterator[str]:
         from service.engine.request import FinishEvent
@@ -126,7 +129,7 @@ class LocalGeneration:
         """Free the slot, then wait for the engine to confirm (its finish event says `cancelled`)."""
         from service.engine.request import FinishEvent
 
-        self.request.cancel()
+        self.stream.cancel()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -147,11 +150,16 @@ class _OneModel:
 
 
 class LocalText:
-    """A text entry of a model repository, loaded into this process (one slot: one user)."""
+    """A text entry of a model repository, loaded into this process (one slot: one user).
+
+    Requests go through the gateway's own data planes (text and chat), on an event loop that
+    runs in a thread of its own, so the REPL's main thread only reads a queue and Ctrl-C stays
+    with it."""
 
     def __init__(self, repository: Path, name: str | None, variant: str | None = None) -> None:
         from contracts.manifest import TextManifest, read_manifest
         from service.dataplane.caller import Caller
+        from service.dataplane.chat import ChatDataPlane
         from service.dataplane.text import TextDataPlane
         from service.engine.textgen import TextModel
         from service.metrics import Metrics
@@ -167,25 +175,31 @@ class LocalText:
         self.model.start()
         self.name = manifest.name
         self.plane = TextDataPlane(_OneModel(self.model), Metrics())
+        self.chat_plane = ChatDataPlane(self.plane)
         self.caller = Caller("cli")
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="kiln-cli-loop", daemon=True)
+        self.thread.start()
 
-    def generate(self, prompt: str, sampling: Sampling) -> LocalGeneration:
+    def _options(self, prompt: str, sampling: Sampling) -> Any:
         from service.dataplane.text import TextOptions
 
-        options = TextOptions(prompt=prompt, model=self.name, **sampling.fields())
-        params = self.plane.resolve(self.model, options)  # the server's defaults and limits
-        return LocalGeneration(self.model, self.model.validate(params), params)
+        return TextOptions(prompt=prompt, model=self.name, **sampling.fields())
+
+    def generate(self, prompt: str, sampling: Sampling) -> LocalGeneration:
+        options = self._options(prompt, sampling)
+        return LocalGeneration(self.loop, lambda: self.plane.open(self.caller, options)[1])
 
     def chat(self, messages: list[dict[str, str]], sampling: Sampling) -> LocalGeneration:
-        render = getattr(self.model, "render_chat", None)
-        if render is None:
-            raise RuntimeError(
-                "in-process chat needs the checkpoint's chat template, which this build of Kiln does not "
-                "serve yet; pass --url to a server with /v1/chat/completions"
-            )
-        return self.generate(render(messages), sampling)
+        from service.dataplane.chat import ChatMessage
+
+        turns = [ChatMessage(m["role"], m["content"]) for m in messages]
+        options = self._options("", sampling)
+        return LocalGeneration(self.loop, lambda: self.chat_plane.open_many(self.caller, turns, [options])[1][0])
 
     def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
         self.model.close()
 
 

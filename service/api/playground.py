@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
-from fastapi.routing import APIRoute
 
 from service.api.schemas import CONTROL
 from service.errors import KilnError
@@ -61,7 +60,7 @@ async def index(request: Request) -> FileResponse:
 async def config(request: Request) -> dict:
     """What the page adapts to: whether it must ask for a key, and which text routes exist."""
     _check_enabled(request)
-    paths = {r.path for r in request.app.routes if isinstance(r, APIRoute)}
+    paths = request.app.openapi().get("paths", {})  # built once, then cached by FastAPI
     return {"api_keys": request.app.state.api_keys.enabled, "chat": CHAT_PATH in paths}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import httpx
@@ -54,16 +56,55 @@ def test_a_refused_request_is_one_line_naming_the_limit(tiny_lm_vision_repo: Pat
     assert missing.returncode == 1 and "holds no kiln.json" in missing.stderr
 
 
-def test_chat_against_a_server(cli_server: Server) -> None:
-    if "/v1/chat/completions" not in httpx.get(cli_server.url + "/openapi.json").json()["paths"]:
-        pytest.skip("this build has no /v1/chat/completions route yet")
-    proc = kiln("chat", "write a loop", "--url", cli_server.url, "--max-tokens", "8", "--temperature", "0")
-    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
-    assert "8 tokens" in proc.stderr or "finish:" in proc.stderr
+def test_chat_in_process_is_what_the_server_answers(tiny_lm_vision_repo: Path, cli_server: Server) -> None:
+    args = ("chat", "write a loop", "--system", "be brief", "--max-tokens", "8", "--temperature", "0")
+    local = kiln(*args, "--repository", str(tiny_lm_vision_repo))
+    remote = kiln(*args, "--url", cli_server.url)
+    assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "write a loop"}]
+    body = {"model": "tiny-lm", "messages": messages, "max_tokens": 8, "temperature": 0}
+    served = httpx.post(cli_server.url + "/v1/chat/completions", json=body).json()
+    reply = served["choices"][0]["message"]["content"]
+    assert local.stdout == remote.stdout == reply + "\n"
+    assert f"{served['usage']['prompt_tokens']} prompt + " in local.stderr, local.stderr
 
 
-def test_chat_in_process_without_a_chat_template_says_what_to_do(tiny_lm_vision_repo: Path) -> None:
-    proc = kiln("chat", "hi", "--repository", str(tiny_lm_vision_repo))
-    if proc.returncode == 0:
-        pytest.skip("this build renders chat templates in-process")
-    assert proc.returncode == 1 and "--url" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+def test_chat_without_a_template_is_one_line_naming_the_setting(tiny_lm_vision_repo: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    entry = tmp_path / "repo" / "tiny-lm"
+    shutil.copytree(tiny_lm_vision_repo / "tiny-lm", entry)
+    (entry / "chat_template.jinja").unlink()
+    manifest = json.loads((entry / "kiln.json").read_text())
+    manifest.pop("chat_template")
+    (entry / "kiln.json").write_text(json.dumps(manifest))
+    proc = kiln("chat", "hi", "--repository", str(entry.parent))
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "KILN_DEFAULT_CHAT_TEMPLATE" in proc.stderr
+
+
+def test_the_chat_repl_keeps_the_conversation_until_reset(tiny_lm_vision_repo: Path, tmp_path: Path) -> None:
+    import pexpect
+
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "cli", "chat", "--repository", str(tiny_lm_vision_repo), "--max-tokens", "4", "--temperature", "0"],
+        env={**os.environ, "KILN_HISTORY": str(tmp_path / "h")},
+        encoding="utf-8",
+        timeout=60,
+    )
+    child.expect("you> ")
+    child.sendline("hello")
+    child.expect(r"\[(\d+) prompt \+ ")
+    first = int(child.match.group(1))
+    child.sendline("again")
+    child.expect(r"\[(\d+) prompt \+ ")
+    assert int(child.match.group(1)) > first + 4  # the first turn and its reply ride along
+    child.sendline("/reset")
+    child.expect(r"\[reset\]")
+    child.sendline("hello")
+    child.expect(r"\[(\d+) prompt \+ ")
+    assert int(child.match.group(1)) == first
+    child.sendeof()
+    child.expect(pexpect.EOF)

@@ -147,6 +147,12 @@ export function chatView(ui, available) {
     });
     reply.dataset.role = role || "";
     if (reply.textContent) history.push({ role: "assistant", content: reply.textContent });
+    else {  // refused or stopped before any text: take the turn back, so it can be edited and resent
+      history.pop();
+      reply.remove();
+      log.lastElementChild.remove();
+      $("chat-input").value = text;
+    }
     stats.textContent = clock.summary(usage, log.dataset.done === "true" ? finish : "stopped");
   };
   $("chat-send").addEventListener("click", send);
