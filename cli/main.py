@@ -19,6 +19,7 @@ from pathlib import Path
 from cli import classify, evaluate, generate
 
 DEMO_LM_CHECKPOINT = Path("checkpoints/demo-lm")
+DEMO_HYBRID_CHECKPOINT = Path("checkpoints/demo-hybrid")
 DEMO_LM_NAME = "demo-lm"
 DEMO_VISION_CHECKPOINT = Path("checkpoints/demo-vision")
 DEMO_VISION_NAME = "demo-vit"
@@ -34,7 +35,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_train_demo(args: argparse.Namespace) -> None:
     vision = args.task == "vision"
-    out = Path(args.out or (DEMO_VISION_CHECKPOINT if vision else DEMO_LM_CHECKPOINT))
+    default = DEMO_HYBRID_CHECKPOINT if args.arch == "hybrid" else DEMO_LM_CHECKPOINT
+    out = Path(args.out or (DEMO_VISION_CHECKPOINT if vision else default))
     if (out / "model.safetensors").exists() and not args.force:
         print(f"{out} already holds a trained model (use --force to retrain)")
         return
@@ -46,7 +48,7 @@ def cmd_train_demo(args: argparse.Namespace) -> None:
         return
     from export.train_demo.lm import train_demo_lm
 
-    train_demo_lm(out, seed=args.seed, steps=args.steps or 320, max_minutes=args.minutes)
+    train_demo_lm(out, seed=args.seed, steps=args.steps or 320, max_minutes=args.minutes, arch=args.arch)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -109,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train-demo", help="train a demo model: the LM (Python stdlib) or the digit-scene classifier")
     p.add_argument("--task", choices=["lm", "vision"], default="lm")
-    p.add_argument("--out", help=f"default {DEMO_LM_CHECKPOINT} or {DEMO_VISION_CHECKPOINT}")
+    p.add_argument(
+        "--arch",
+        choices=["llama", "hybrid"],
+        default="llama",
+        help="LM only: hybrid = Mamba-2 layers beside attention, same corpus, tokenizer and step budget",
+    )
+    p.add_argument("--out", help=f"default {DEMO_LM_CHECKPOINT}, {DEMO_HYBRID_CHECKPOINT} or {DEMO_VISION_CHECKPOINT}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="optimizer steps (fixed, for determinism; default 320 LM, 1500 vision)")
     p.add_argument("--minutes", type=float, default=30.0, help="safety cap on training time (a hit is logged)")

@@ -1,8 +1,10 @@
-"""From per-view logits to one distribution per image, and conformal prediction sets."""
+"""From per-view logits to one distribution per image (conformal sets: contracts/conformal.py)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from contracts.conformal import ConformalMethod, members
 
 AGGREGATIONS = ("mean", "max", "topk_mean", "confidence_weighted")
 
@@ -70,19 +72,6 @@ def view_weights(probs: np.ndarray, method: str) -> np.ndarray | None:
 
 
 def prediction_set(probs: np.ndarray, threshold: float, method: str = "lac") -> list[int]:
-    """Class indices in the split-conformal set, most probable first.
-
-    Each class is in the set when its conformity score is at most q̂, the score being the one
-    the threshold was fitted on. LAC: 1 - p, so every class with p >= 1 - q̂. APS: the mass of
-    the classes at least as probable as it, so the most probable classes while their cumulative
-    probability stays within q̂. Never empty: the top class is always in the set.
-    """
-    order = np.argsort(-probs, kind="stable")
-    if method == "lac":
-        keep = [int(i) for i in order if probs[i] >= 1.0 - threshold]
-    elif method == "aps":
-        cum = np.cumsum(probs[order])
-        keep = [int(i) for i, c in zip(order, cum, strict=True) if c <= threshold + 1e-12]
-    else:
-        raise ValueError(f"unknown conformal method {method!r}")
-    return keep or [int(order[0])]
+    """Class indices in the split-conformal set (non-randomised LAC, APS or RAPS without penalty),
+    most probable first; never empty. contracts/conformal.py defines the scores and all options."""
+    return members(probs, threshold, ConformalMethod(method))

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 PREFIX = "KILN_"
+Speculative = Literal["off", "ngram"]
 Variant = Literal["fused", "fp32", "optimized", "int8"]  # the exported graphs a text model can run
 
 
@@ -25,6 +26,12 @@ class EngineConfig:
     intra_op_threads: int = 0  # ONNX Runtime intra-op threads (0 = one per core)
     lm_variant: Variant = "fused"  # which exported graph to run (fp32 when absent)
     retry_after_s: int = 1  # Retry-After with 429
+    prefix_cache: bool = True  # finished sequences' positions serve later prompts that share a prefix
+    prefix_cache_shared: bool = False  # across API keys too (else each key reuses only its own)
+    speculative: Speculative = "ngram"  # prompt-lookup drafts for a greedy sequence decoding alone
+    spec_tokens: int = 4  # the most tokens guessed per step
+    spec_ngram_max: int = 3
+    spec_ngram_min: int = 2
     fault_step_delay_ms: float = 0.0  # fault injection only: extra delay per engine step
 
     def to_parameters(self) -> dict[str, str]:
@@ -39,5 +46,8 @@ class EngineConfig:
             raw = params.get(PREFIX + f.name.upper())
             if raw is not None:
                 kind = type(getattr(cls, f.name))
-                values[f.name] = kind(float(raw)) if kind is int else kind(raw)
+                if kind is bool:
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                else:
+                    values[f.name] = kind(float(raw)) if kind is int else kind(raw)
         return cls(**values)  # type: ignore[arg-type]

@@ -30,7 +30,8 @@ VISION_KIND = "image-classification"
 # Graph contracts (what a variant's ONNX file takes and returns; see each builder's docstring).
 STANDARD = "standard"  # export/onnx_export.py: past in, new tokens' K/V out
 GQA = "gqa"  # export/fused_graph.py: GroupQueryAttention, cache updated in place
-GRAPH_CONTRACTS = (STANDARD, GQA)
+HYBRID = "hybrid"  # export/hybrid_graph.py: Mamba/attention layers, recurrent state in, present_* out
+GRAPH_CONTRACTS = (STANDARD, GQA, HYBRID)
 
 # Kinds of per-slot state.
 ATTENTION_KV = "attention_kv"  # grows with the sequence along the POSITIONS axis
@@ -162,6 +163,9 @@ class TextManifest(EntryManifest):
     special_tokens: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token...: template variables
     architecture: dict = field(default_factory=dict)  # informational: layers, heads, hidden size...
     triton_model: str | None = None  # the decoupled Triton entry serving this model, when exported
+    # variant -> the same contract's graph traced for one new token per row (S = 1), when exported
+    # (hybrid: the prefill graph loops over S, this one is a single step)
+    decode_files: dict[str, str] = field(default_factory=dict)
     root: Path | None = field(default=None, compare=False)  # the entry directory it was read from
 
     kind: ClassVar[str] = TEXT_KIND
@@ -201,6 +205,7 @@ class TextManifest(EntryManifest):
             "special_tokens": dict(self.special_tokens),
             "architecture": dict(self.architecture),
             **({"triton_model": self.triton_model} if self.triton_model else {}),
+            **({"decode_files": dict(self.decode_files)} if self.decode_files else {}),
         }
 
     @classmethod
@@ -221,6 +226,7 @@ class TextManifest(EntryManifest):
             "special_tokens": {str(k): str(v) for k, v in data.get("special_tokens", {}).items()},
             "architecture": dict(data.get("architecture", {})),
             "triton_model": data.get("triton_model"),
+            "decode_files": {str(k): str(v) for k, v in data.get("decode_files", {}).items()},
         }
 
 
@@ -235,12 +241,13 @@ class VisionManifest(EntryManifest):
     calibration: str | None = None
     arch: str = ""
     triton_model: str | None = None
+    views: str | None = None  # the views graph (image -> every view, contracts/view_plan.py); Pillow when absent
     root: Path | None = field(default=None, compare=False)
 
     kind: ClassVar[str] = VISION_KIND
 
     def body(self) -> dict:
-        optional = {"calibration": self.calibration, "triton_model": self.triton_model}
+        optional = {"calibration": self.calibration, "triton_model": self.triton_model, "views": self.views}
         return {
             "files": dict(self.files),
             "num_classes": self.num_classes,
@@ -258,6 +265,7 @@ class VisionManifest(EntryManifest):
             "calibration": data.get("calibration"),
             "arch": str(data.get("arch", "")),
             "triton_model": data.get("triton_model"),
+            "views": data.get("views"),
         }
 
 

@@ -53,6 +53,7 @@ LM_INPUTS = (
     Tensor("LOGIT_BIAS_VALUES", "TYPE_FP32", (-1,), optional=True),
     Tensor("MIN_TOKENS", "TYPE_INT32", (1,), optional=True),
     Tensor("STOP_TOKEN_IDS", "TYPE_INT64", (-1,), optional=True),
+    Tensor("TENANT", "TYPE_STRING", (1,), optional=True),  # whose cached prefixes it may reuse
 )
 LM_OUTPUTS = (
     Tensor("TOKEN_IDS", "TYPE_INT64", (-1,)),

@@ -6,6 +6,8 @@ bf16, single or sharded, and a `tokenizer.json`) of a supported family (`export/
 Llama, Mistral, Qwen2/3, Phi-3, Gemma/Gemma 2) loads into the same `DecoderLM`: the family maps
 its config onto `DecoderConfig` and its weight names onto Kiln's. Anything the graph contract
 cannot represent is refused with a message naming the config key, never silently approximated.
+State-space models (Kiln's "kiln-hybrid", Hugging Face "mamba" and "mamba2") load into
+`HybridLM` instead (export/hybrid_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -19,28 +21,30 @@ import torch
 from safetensors.torch import load_file, save_model
 from tokenizers import Tokenizer
 
+from export.hybrid_checkpoint import HYBRID_TYPES, load_hybrid
 from export.models.config import CheckpointError, DecoderConfig
 from export.models.decoder import DecoderLM
 from export.models.families import family_for
 from export.models.families.common import special_tokens
+from export.models.hybrid import HybridConfig, HybridLM
 
 __all__ = ["Checkpoint", "CheckpointError", "hf_config_to_kiln", "load_checkpoint", "save_checkpoint"]
 
 
 @dataclass
 class Checkpoint:
-    model: DecoderLM
+    model: DecoderLM | HybridLM
     tokenizer: Tokenizer
     path: Path
     source: str  # "kiln" | "huggingface"
     add_bos: bool = True
 
     @property
-    def config(self) -> DecoderConfig:
+    def config(self) -> DecoderConfig | HybridConfig:
         return self.model.config
 
 
-def save_checkpoint(model: DecoderLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+def save_checkpoint(model: DecoderLM | HybridLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.config.to_json(out / "config.json")
@@ -62,6 +66,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         cfg = DecoderConfig.from_dict(raw)
         state = load_file(str(path / "model.safetensors"))
         return Checkpoint(_build(cfg, state, path), tokenizer, path, "kiln")
+    if raw.get("model_type") in HYBRID_TYPES:
+        hybrid = load_hybrid(path, raw, tokenizer, _load_hf_weights, _generation_config(path))
+        source = "kiln" if raw["model_type"] == "kiln-hybrid" else "huggingface"
+        add_bos = True if source == "kiln" else _hf_add_bos(path, tokenizer)
+        return Checkpoint(hybrid, tokenizer, path, source, add_bos=add_bos)
     try:
         family = family_for(raw)
         cfg = hf_config_to_kiln(raw, tokenizer, _generation_config(path))

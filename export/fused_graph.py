@@ -27,7 +27,10 @@ Graph contract (runner: `service/backends/onnxruntime_lm.py`, `FusedOrtLMRunner`
              total_sequence_length  int32  []       max over rows of seqlens_k + 1
              past_key.{i}           f32    [B, KVH, C, D]   C = cache capacity (≥ every row's total)
              past_value.{i}         f32    [B, KVH, C, D]
+             logits_from            int64  [1]      optional (default: past the end): first position of logits_all
     outputs  logits                 f32    [B, V]   last position of each row
+             logits_all             f32    [B, S - logits_from, V]   every position from logits_from on
+                                                    (empty by default; speculative decoding verifies drafts with it)
              present_key.{i}        f32    [B, KVH, C, D]   bound to the past buffer: updated in place
              present_value.{i}      f32    [B, KVH, C, D]
 
@@ -51,6 +54,8 @@ from export.models.decoder import DecoderLM
 from export.models.rope import rope_tables
 
 GRAPH_KIND = "gqa"  # kiln.json `graph` value for files with this contract
+LOGITS_FROM = "logits_from"
+LOGITS_FROM_NONE = 2**62  # a slice start past any sequence: no position gets logits_all
 OPSET = 17
 MS_OPSET = 1
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger graphs keep weights beside the file
@@ -177,15 +182,15 @@ def build_fused_lm_onnx(model: DecoderLM, out_file: Path) -> Path:
     # MatMul against [H, V] streams the head faster than Gemm(transB) against [V, H]; a tied
     # head is stored twice for that (once as the embedding table, once transposed).
     head = sd["embed_tokens.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
-    logits = "logits"
-    if cfg.final_softcap:
-        logits = "raw_logits"
-    b.node("MatMul", [flat, b.weight("lm_head", head.T)], [logits])
-    if cfg.final_softcap:
-        cap = b.weight("final_softcap", np.array(cfg.final_softcap, np.float32))
-        (scaled,) = b.node("Div", [logits, cap], ["capped_in"])
-        (tanh,) = b.node("Tanh", [scaled], ["capped_tanh"])
-        b.node("Mul", [tanh, cap], ["logits"])
+    head_w = b.weight("lm_head", head.T)
+    _lm_head(b, cfg, flat, head_w, "logits")
+    # Logits of every position from `logits_from` on, for verifying speculative drafts. The
+    # input defaults (an initializer) to a start past any sequence: the slice is empty and the
+    # extra head costs nothing unless a caller asks for it.
+    b.weight(LOGITS_FROM, np.array([LOGITS_FROM_NONE], np.int64))
+    ends = b.weight("logits_to", np.array([LOGITS_FROM_NONE], np.int64))
+    (tail,) = b.node("Slice", [final, LOGITS_FROM, ends, b.weight("seq_axis", np.array([1], np.int64))], ["tail"])
+    _lm_head(b, cfg, tail, head_w, "logits_all")
 
     def cache(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kvh, "capacity", d])
@@ -195,7 +200,11 @@ def build_fused_lm_onnx(model: DecoderLM, out_file: Path) -> Path:
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", cfg.vocab_size])]
+    inputs.append(helper.make_tensor_value_info(LOGITS_FROM, TensorProto.INT64, [1]))  # optional: has a default
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", cfg.vocab_size]),
+        helper.make_tensor_value_info("logits_all", TensorProto.FLOAT, ["batch", "tail", cfg.vocab_size]),
+    ]
     for i in range(cfg.num_layers):
         inputs += [cache(f"past_key.{i}"), cache(f"past_value.{i}")]
         outputs += [cache(f"present_key.{i}"), cache(f"present_value.{i}")]
@@ -211,6 +220,18 @@ def build_fused_lm_onnx(model: DecoderLM, out_file: Path) -> Path:
     external = sum(t.nbytes for t in sd.values()) > EXTERNAL_DATA_BYTES
     onnx.save_model(proto, str(out_file), save_as_external_data=external, location=out_file.name + ".data")
     return out_file
+
+
+def _lm_head(b: _Builder, cfg: DecoderConfig, hidden: str, head_w: str, out: str) -> None:
+    """hidden @ head (Gemma 2: then its final softcap, cap * tanh(x / cap)) -> `out`."""
+    if not cfg.final_softcap:
+        b.node("MatMul", [hidden, head_w], [out])
+        return
+    (raw,) = b.node("MatMul", [hidden, head_w], [f"{out}_raw"])
+    cap = b.weight(f"{out}_softcap", np.array(cfg.final_softcap, np.float32))
+    (scaled,) = b.node("Div", [raw, cap], [f"{out}_capped_in"])
+    (tanh,) = b.node("Tanh", [scaled], [f"{out}_capped_tanh"])
+    b.node("Mul", [tanh, cap], [out])
 
 
 def _qkv(b: _Builder, cfg: DecoderConfig, sd: dict[str, np.ndarray], x: str, p: str, norm_weight) -> list[str]:  # type: ignore[no-untyped-def]

@@ -17,6 +17,8 @@ from contracts.triton import triton_lm_name
 from export.chat import TEMPLATE_FILE, find_chat_template, special_tokens
 from export.checkpoint import load_checkpoint
 from export.fused_graph import build_fused_lm_onnx, fused_unsupported
+from export.hybrid_pipeline import export_hybrid_checkpoint
+from export.models.hybrid import HybridLM
 from export.onnx_export import export_lm_onnx, toolchain_versions
 from export.progress import bar
 from export.triton_repo import lm_onnx_config, staged_entry, write_config, write_lm_python_entry
@@ -50,13 +52,18 @@ def export_checkpoint(
     target="triton" also writes `repository/<name>-triton/`, the decoupled python-backend model
     that runs Kiln's engine inside Triton (docs/triton.md). tensorrt=True builds and verifies a
     TensorRT engine from the fp32 graph when TensorRT and a CUDA GPU are present, and records
-    why it was skipped otherwise.
+    why it was skipped otherwise. Mamba / hybrid checkpoints go to export/hybrid_pipeline.py
+    (fp32 prefill + decode graphs; `variants` does not apply).
     """
     if target not in ("inprocess", "triton"):
         raise ValueError(f"unknown export target {target!r} (inprocess or triton)")
     started = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
-    model, cfg = ckpt.model, ckpt.config
+    model = ckpt.model
+    if isinstance(model, HybridLM):  # state-space / hybrid: its own graph contract
+        texts = list(val_texts) if val_texts is not None else _default_val_texts()
+        return export_hybrid_checkpoint(ckpt, repository, name, texts, tolerance, ppl_tokens, target, tensorrt)
+    cfg = model.config
     stages = bar(5, f"export {name}", unit="stage")  # graph, fused, variants, perplexity, write
     with staged_entry(repository, name) as staging:
         report: dict = {

@@ -1,15 +1,21 @@
-"""`make bench-classify`: images/s for multi-view + flip (20 crops per image).
+"""`make bench-classify`: images/s for multi-view + flip (20 crops per image), against the limit.
 
-Kiln: a real `kiln serve` subprocess, clients POSTing PNGs to /classify?views=multi&tta_flip=true
-(decode and crops in the gateway's threads, views of concurrent requests merged by the dynamic
-batcher into ONNX Runtime runs). Naive: the same weights in PyTorch, each client thread decoding
-and cropping with the same code and then running the 20 views one at a time. Both at 1 and 16
-concurrent clients, in the same run, on the same machine; the table goes into docs/vision.md.
+All rows in one run, on one machine:
+- model only: the classifier alone on ONNX Runtime, every image's 20 views in batches of whole
+  images (as Kiln's batcher forms them), measured before and after the servers run: the limit.
+- Kiln: a real `kiln serve` subprocess, clients POSTing PNGs to /classify?views=multi&tta_flip=true
+  (one decode per image, all views from the exported views graph in one ONNX Runtime run, views
+  of concurrent requests merged by the dynamic batcher).
+- Triton: tritonserver's dynamic batcher serving the same views (sent by the clients, so decoding
+  and cropping are not in its numbers), when deploy/triton/install.sh has installed it.
+- naive PyTorch: each client decodes, crops and runs the 20 views one at a time.
+At 1 and 16 concurrent clients; the table goes into docs/vision.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import shutil
@@ -25,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export.vision.evaluate import write_section  # noqa: E402
+from loadtests.classify_peers import TritonPeer, model_only, run_clients, triton_reason  # noqa: E402
 from tests.live_server import Server  # noqa: E402
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -32,41 +39,16 @@ QUERY = "views=multi&tta_flip=true"
 
 
 def test_images(n: int, seed: int) -> list[bytes]:
-    import io
-
     from PIL import Image
 
     from export.vision.data import make_scenes
 
     out = []
-    for scene in make_scenes("test", 1, seed, limit=n):
+    for scene in make_scenes("test", 2, seed, limit=(n + 1) // 2):
         buf = io.BytesIO()
         Image.fromarray(scene.pixels).save(buf, "PNG")
         out.append(buf.getvalue())
-    return out
-
-
-def run_clients(clients: int, per_client: int, work) -> float:  # type: ignore[no-untyped-def]
-    """images/s with `clients` threads each calling work(i) `per_client` times."""
-    errors: list[BaseException] = []
-
-    def loop(c: int) -> None:
-        try:
-            for i in range(per_client):
-                work(c * per_client + i)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=loop, args=(c,)) for c in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return clients * per_client / elapsed
+    return out[:n]
 
 
 class KilnServer:
@@ -83,13 +65,19 @@ class KilnServer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def levels_run(levels: list[int], images: int, work) -> dict[int, float]:  # type: ignore[no-untyped-def]
+    return {c: run_clients(c, max(1, images // c), work) for c in levels}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repository", default="model_repository")
     ap.add_argument("--name", default="demo-vit")
     ap.add_argument("--checkpoint", default="checkpoints/demo-vision")
     ap.add_argument("--clients", default="1,16")
-    ap.add_argument("--images", type=int, default=64, help="images per level (split across clients)")
+    ap.add_argument("--images", type=int, default=640, help="images per level (split across clients)")
+    ap.add_argument("--naive-images", type=int, default=64, help="images per level for naive PyTorch")
+    ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--out", default="docs/vision.md")
     args = ap.parse_args()
 
@@ -97,25 +85,33 @@ def main() -> None:
     from PIL import Image
 
     from contracts.aggregate import aggregate, softmax
+    from contracts.manifest import VisionManifest
     from contracts.vision import make_views
     from export.vision.checkpoint import load_vision_checkpoint
+    from service.vision.model import load_contract
 
+    load_before = os.getloadavg()
     model_dir = Path(args.repository) / args.name
+    manifest = VisionManifest.read(model_dir)
+    contract = load_contract(manifest)
+    model_file = manifest.path(manifest.files["fp32"])
     ckpt = load_vision_checkpoint(args.checkpoint)
-    model, contract = ckpt.model.eval(), ckpt.contract
-    images = test_images(args.images, seed=0)
+    model = ckpt.model.eval()
+    images = test_images(min(args.images, 256), seed=0)
+    decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    views = [make_views(img, contract, "multi", 3, 0.25, flip=True)[1] for img in decoded]
     levels = [int(c) for c in args.clients.split(",")]
+    rounds = max(1, args.images // len(views))
+    limit_before = model_only(model_file, views, 64, rounds, contract.input_name)
+    print(f"model only: {limit_before:.1f} img/s", flush=True)
 
     def naive(i: int) -> int:
-        import io
-
         img = Image.open(io.BytesIO(images[i % len(images)])).convert("RGB")
-        _, views = make_views(img, contract, "multi", 3, 0.25, flip=True)
+        _, v = make_views(img, contract, "multi", 3, 0.25, flip=True)
         with torch.no_grad():
-            logits = [model(torch.from_numpy(v[None]))[0] for v in views]  # one view at a time
+            logits = [model(torch.from_numpy(x[None]))[0] for x in v]  # one view at a time
         return int(aggregate(softmax(torch.stack(logits).numpy()), "confidence_weighted").argmax())
 
-    rows = []
     server = KilnServer(model_dir)
     try:
         client = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=64))
@@ -127,36 +123,72 @@ def main() -> None:
             r.raise_for_status()
             return r.json()["results"][0]["top"][0]["label"]
 
-        kiln(0)  # warm up
-        naive(0)
+        for i in range(8):  # warm up: plans cached, sessions hot
+            kiln(i)
         agree = np.mean([kiln(i) == str(naive(i)) for i in range(8)])
-        for clients in levels:
-            per = max(1, args.images // clients)
-            k = run_clients(clients, per, kiln)
-            n = run_clients(clients, per, naive)
-            rows.append((clients, k, n))
-            print(f"{clients:>3} clients: kiln {k:7.1f} img/s, naive torch {n:7.1f} img/s, x{k / n:.1f}", flush=True)
+        kiln_rates = levels_run(levels, args.images, kiln)
+        for c, r in kiln_rates.items():
+            print(f"kiln {c:>3} clients: {r:7.1f} img/s", flush=True)
         metrics = client.get(f"{server.url}/metrics").text
     finally:
         server.stop()
 
+    triton_rates: dict[int, float] = {}
+    triton_note = "not run (--no-triton)" if args.no_triton else triton_reason()
+    if triton_note is None:
+        peer = TritonPeer(model_dir)
+        try:
+            clients = {}
+
+            def triton(i: int) -> int:
+                key = threading.get_ident()
+                if key not in clients:
+                    clients[key] = peer.client()
+                out = peer.infer(clients[key], views[i % len(views)], contract.input_name, contract.output_name)
+                return int(aggregate(softmax(out), "confidence_weighted").argmax())
+
+            for i in range(4):
+                triton(i)
+            before = peer.batches()
+            triton_rates = levels_run(levels, args.images, triton)
+            after = peer.batches()
+            inferences, executions = after[0] - before[0], after[1] - before[1]
+            triton_note = f"{inferences / max(executions, 1):.1f} views per execution"
+            for c, r in triton_rates.items():
+                print(f"triton {c:>3} clients: {r:7.1f} img/s", flush=True)
+        finally:
+            peer.stop()
+
+    naive_rates = levels_run(levels, args.naive_images, naive)
+    limit_after = model_only(model_file, views, 64, rounds, contract.input_name)
+    limit = max(limit_before, limit_after)
+    load_after = os.getloadavg()
     count = sum_ = 0.0
     for line in metrics.splitlines():
         if line.startswith("kiln_classify_batch_size_count"):
             count = float(line.rsplit(" ", 1)[1])
         if line.startswith("kiln_classify_batch_size_sum"):
             sum_ = float(line.rsplit(" ", 1)[1])
+
+    def row(name: str, rates: dict[int, float]) -> list[str]:
+        return [f"| {name} | {c} | {r:.1f} | {r / limit:.2f}× |" for c, r in rates.items()]
+
     lines = [
         f"Multi-view + flip (global + 3×3 tiles, each mirrored: 20 crops per 128×128 PNG), `{args.name}`; "
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads. Written by `make bench-classify`.",
+        f"with {torch.get_num_threads()} threads; load average {load_before[0]:.2f} before, {load_after[0]:.2f} "
+        f"after (1 min). Written by `make bench-classify` on {time.strftime('%Y-%m-%d')}, one run.",
         "",
-        "| concurrent clients | Kiln /classify (batched ORT) img/s | naive PyTorch, view by view img/s | speed-up |",
+        "| path | concurrent clients | img/s | of the model-only limit |",
         "|---|---|---|---|",
-        *[f"| {c} | {k:.1f} | {n:.1f} | {k / n:.1f}× |" for c, k, n in rows],
+        f"| **model only** (ONNX Runtime, batches of 3 images = 60 views) | – | {limit:.1f} | 1.00× |",
+        *row("Kiln `/classify` (decode, views graph, batcher, HTTP)", kiln_rates),
+        *row("Triton dynamic batcher, views sent by the client", triton_rates),
+        *row("naive PyTorch, view by view", naive_rates),
         "",
-        f"Kiln's batcher averaged {sum_ / max(count, 1):.1f} views per ONNX Runtime run over the whole benchmark. "
-        f"Top-1 agreement between the two paths on 8 images: {100 * agree:.0f}%.",
+        f"Model only: {limit_before:.1f} img/s before the servers ran, {limit_after:.1f} after; the limit is the "
+        f"higher. Kiln's batcher averaged {sum_ / max(count, 1):.1f} views per ONNX Runtime run. Triton: "
+        f"{triton_note}. Top-1 agreement between Kiln and naive PyTorch on 8 images: {100 * agree:.0f}%.",
     ]
     write_section(Path(args.out), BEGIN, END, "\n".join(lines))
     print("\n".join(lines))

@@ -88,7 +88,40 @@ class Metrics(EngineObserver):
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
+        self.classify_drift_psi = Gauge(
+            "kiln_classify_drift_psi",
+            "Population-stability index of the predicted classes in the rolling window against the calibration split.",
+            ["model", "pipeline"],
+            registry=r,
+        )
+        self.classify_drift_ks = Gauge(
+            "kiln_classify_drift_ks",
+            "Kolmogorov-Smirnov statistic of the window's top-1 confidences against the calibration split.",
+            ["model", "pipeline"],
+            registry=r,
+        )
+        self.classify_drift_images = Gauge(
+            "kiln_classify_drift_window_images",
+            "Images in the drift window the last statistics were computed on.",
+            ["model", "pipeline"],
+            registry=r,
+        )
         self.model_ready = Gauge("kiln_model_ready", "1 when the model is loaded and warm.", ["model"], registry=r)
+        self.prefix_queries = Counter(
+            "kiln_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", ["model"], registry=r
+        )
+        self.spec_proposed = Counter(
+            "kiln_spec_draft_tokens_total", "Tokens guessed by n-gram speculation.", ["model"], registry=r
+        )
+        self.spec_accepted = Counter(
+            "kiln_spec_accepted_tokens_total", "Guessed tokens the model confirmed.", ["model"], registry=r
+        )
+        self.spec_steps = Counter(
+            "kiln_spec_verify_steps_total", "Speculative steps (one forward pass each).", ["model"], registry=r
+        )
+        self.prefix_hits = Counter(
+            "kiln_prefix_cache_hits_total", "Prompt tokens served from the prefix cache.", ["model"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -118,3 +151,12 @@ class Metrics(EngineObserver):
 
     def rejected(self, model: str, reason: str) -> None:
         self.rejections.labels(model, reason).inc()
+
+    def speculation(self, model: str, proposed: int, accepted: int) -> None:
+        self.spec_proposed.labels(model).inc(proposed)
+        self.spec_accepted.labels(model).inc(accepted)
+        self.spec_steps.labels(model).inc()
+
+    def prefix_cache(self, model: str, queried: int, hit: int) -> None:
+        self.prefix_queries.labels(model).inc(queried)
+        self.prefix_hits.labels(model).inc(hit)

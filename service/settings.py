@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.engine import EngineConfig, Variant
+from contracts.engine import EngineConfig, Speculative, Variant
 
 ENGINE = EngineConfig()  # the engine's defaults, shared with the Triton model and the benchmark
 
@@ -93,11 +93,32 @@ class Settings(BaseSettings):
     )
     max_image_side: int = Field(16_384, ge=1, description="Largest image width or height.")
     image_formats: str = Field("PNG,JPEG,WEBP,BMP,GIF", description="Accepted image formats (415 otherwise).")
+    classify_drift_window: int = Field(
+        1000, ge=10, description="Images per view pipeline in the rolling window the drift gauges compare."
+    )
+    classify_drift_min_images: int = Field(
+        200, ge=1, description="Images the window needs before the drift gauges are exported."
+    )
+    classify_drift_period_s: float = Field(
+        15.0, ge=0, description="Seconds between drift recomputations (0: on every request)."
+    )
 
     playground: bool = Field(True, description="Serve the browser playground at / (false: off, / is a 404).")
 
     drain_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM.")
     retry_after_s: int = Field(ENGINE.retry_after_s, ge=1, description="Retry-After sent with 429.")
+    prefix_cache: bool = Field(
+        ENGINE.prefix_cache, description="Reuse finished sequences' positions for prompts that share a prefix."
+    )
+    speculative: Speculative = Field(
+        ENGINE.speculative, description="n-gram speculative decoding for a greedy sequence decoding alone (off: never)."
+    )
+    spec_tokens: int = Field(ENGINE.spec_tokens, ge=1, le=16, description="Most tokens guessed per step.")
+    spec_ngram_max: int = Field(ENGINE.spec_ngram_max, ge=1, le=8, description="Longest suffix looked up.")
+    spec_ngram_min: int = Field(ENGINE.spec_ngram_min, ge=1, le=8, description="Shortest suffix looked up.")
+    prefix_cache_shared: bool = Field(
+        ENGINE.prefix_cache_shared, description="Let a cached prefix serve other API keys too (timing leaks)."
+    )
     fault_step_delay_ms: float = Field(
         ENGINE.fault_step_delay_ms,
         ge=0,

@@ -43,7 +43,9 @@ def tiny_lm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TINY_VIT = dict(image_size=16, patch_size=8, dim=32, depth=1, heads=2, mlp_ratio=2.0, stem="conv")
 
 
-def build_tiny_vision_repo(root: Path, name: str = "tiny-vit", seed: int = 0) -> Path:
+def build_tiny_vision_repo(
+    root: Path, name: str = "tiny-vit", seed: int = 0, per_source: int = 2, source_limit: int = 24
+) -> Path:
     """A random-weight tiny ViT exported through Kiln's real classifier pipeline, calibrated on
     a few demo scenes (random weights: the numbers are meaningless, the plumbing is real)."""
     import torch
@@ -64,7 +66,7 @@ def build_tiny_vision_repo(root: Path, name: str = "tiny-vit", seed: int = 0) ->
         dataset={"name": DATASET, "seed": seed},
     )
     repo = root / "model_repository"
-    export_classifier(ckpt, repo, name, per_source=1, source_limit=16)
+    export_classifier(ckpt, repo, name, per_source=per_source, source_limit=source_limit)
     return repo
 
 

@@ -165,6 +165,20 @@ ROWS = [
             ),
             ("Queue time", "timeseries", "s", 8, quantiles("kiln_queue_time_seconds", "model", GW, (0.5, 0.99)), ""),
             (
+                "Prefix cache hit rate",
+                "timeseries",
+                "percentunit",
+                8,
+                [
+                    q(
+                        f"sum by (model) (rate(kiln_prefix_cache_hits_total{{{GW}}}{RATE}))"
+                        f" / sum by (model) (rate(kiln_prefix_cache_queries_total{{{GW}}}{RATE}))",
+                        "{{model}}",
+                    )
+                ],
+                "Share of prompt tokens served from finished sequences' slots instead of being prefilled.",
+            ),
+            (
                 "Batch size",
                 "timeseries",
                 "short",
@@ -227,8 +241,24 @@ ROWS = [
                 "timeseries",
                 "s",
                 12,
-                quantiles("kiln_classify_duration_seconds", "model", GW, (0.5, 0.99)),
-                "",
+                quantiles("kiln_request_duration_seconds", "route", f'{GW}, task="image-classification"', (0.5, 0.99)),
+                "End-to-end, REST /classify and gRPC Classify.",
+            ),
+            (
+                "Classifier drift (PSI of predicted classes)",
+                "timeseries",
+                "short",
+                12,
+                [q(f"max by (model, pipeline) (kiln_classify_drift_psi{{{GW}}})", "{{model}} {{pipeline}}")],
+                "Rolling window against the calibration split; alert KilnClassifierInputDrift above 0.25.",
+            ),
+            (
+                "Classifier drift (KS of confidences)",
+                "timeseries",
+                "short",
+                12,
+                [q(f"max by (model, pipeline) (kiln_classify_drift_ks{{{GW}}})", "{{model}} {{pipeline}}")],
+                "Rolling window against the calibration split; alert KilnClassifierConfidenceDrift above 0.2.",
             ),
         ],
     ),

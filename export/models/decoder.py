@@ -87,8 +87,8 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
         biases: Bias,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
@@ -100,8 +100,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q.transpose(1, 2), cos, sin, self.rotary_dim)
-        k = apply_rotary(k.transpose(1, 2), cos, sin, self.rotary_dim)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if cos is not None and sin is not None:  # None: no rotary positions (a hybrid with learned or no positions)
+            q, k = apply_rotary(q, cos, sin, self.rotary_dim), apply_rotary(k, cos, sin, self.rotary_dim)
         # Grouped-query attention without materialising repeated K/V: split the query heads
         # into [kv_heads, groups] and broadcast K/V over the group axis. No reshape touches
         # the past length, so an empty past (P = 0) exports and runs like any other.

@@ -1,9 +1,12 @@
 """Train the demo LM on the Python standard library for a few CPU minutes.
 
 Small on purpose (about 2M parameters, 2048-token BPE) so that a 2-core machine sees enough
-tokens in a few minutes for completions to look like Python. Determinism: the seed fixes the
-tokenizer, initial weights and batch order, and training runs a fixed number of steps;
-`max_minutes` is only a safety cap (hitting it is logged, and then the result depends on speed).
+tokens in a few minutes for completions to look like Python. `arch="hybrid"` trains a hybrid of
+the same size instead (Mamba-2 layers beside one attention layer, export/models/hybrid.py) on
+the same corpus, tokenizer, batches and step budget, so the two validation losses compare.
+Determinism: the seed fixes the tokenizer, initial weights and batch order, and training runs a
+fixed number of steps; `max_minutes` is only a safety cap (hitting it is logged, and then the
+result depends on speed).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from export.checkpoint import save_checkpoint
+from export.models.hybrid import HybridConfig, HybridLM
 from export.models.llama import LlamaConfig, LlamaLM
 from export.progress import bar, note
 from export.tokenizer import train_tokenizer
@@ -31,6 +35,24 @@ DEMO_CONFIG = dict(
     intermediate_size=512,
     max_position_embeddings=512,
 )
+# About the demo LM's parameter count (1.94M vs 1.97M). Mamba-2 rather than Mamba-1 layers: their
+# parallel SSD form trains in about a second a step here, Mamba-1's sequential scan is far slower
+# on a CPU.
+HYBRID_DEMO_CONFIG = dict(
+    hidden_size=192,
+    layers="mamba2,mamba2,attention,mamba2,mamba2,mamba2",
+    norm="rmsnorm",
+    positions="rotary",
+    state_size=16,
+    mamba2_heads=6,
+    mamba2_groups=1,
+    num_heads=6,
+    num_kv_heads=2,
+    intermediate_size=512,
+    max_position_embeddings=512,
+)
+ARCHS = ("llama", "hybrid")
+NO_DECAY = ("A_log", "D", "dt_bias")  # Mamba's recurrence parameters are not weight-decayed
 
 
 def _stream(tokenizer, texts: list[str], bos: int, eos: int) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -44,7 +66,7 @@ def _batch(data: np.ndarray, starts: np.ndarray, seq: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([data[s : s + seq + 1] for s in starts]))
 
 
-def _loss(model: LlamaLM, batch: torch.Tensor) -> torch.Tensor:
+def _loss(model: LlamaLM | HybridLM, batch: torch.Tensor) -> torch.Tensor:
     logits = model.logits_full(batch[:, :-1])
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
@@ -60,13 +82,18 @@ def train_demo_lm(
     lr: float = 2e-3,
     eval_every: int = 40,
     model_overrides: dict | None = None,
+    arch: str = "llama",
 ) -> dict:
+    if arch not in ARCHS:
+        raise ValueError(f"arch={arch!r}: one of {', '.join(ARCHS)}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     corpus = load_corpus()
     tokenizer = train_tokenizer(corpus.train, vocab_size=vocab_size)
-    cfg = LlamaConfig(vocab_size=tokenizer.get_vocab_size(), **{**DEMO_CONFIG, **(model_overrides or {})})
+    base = HYBRID_DEMO_CONFIG if arch == "hybrid" else DEMO_CONFIG
+    config_cls = HybridConfig if arch == "hybrid" else LlamaConfig
+    cfg = config_cls(vocab_size=tokenizer.get_vocab_size(), **{**base, **(model_overrides or {})})
     train = _stream(tokenizer, corpus.train, cfg.bos_token_id, cfg.eos_token_id)
     val = _stream(tokenizer, corpus.val, cfg.bos_token_id, cfg.eos_token_id)
     val_starts = np.random.default_rng(seed + 1).integers(0, len(val) - seq_len - 1, size=64)
@@ -76,9 +103,12 @@ def train_demo_lm(
         flush=True,
     )
 
-    model = LlamaLM(cfg)
+    model = HybridLM(cfg) if isinstance(cfg, HybridConfig) else LlamaLM(cfg)
     params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    decay = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] not in NO_DECAY]
+    no_decay = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in NO_DECAY]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
 
     def lr_at(step: int) -> float:
@@ -126,25 +156,34 @@ def train_demo_lm(
     progress.close()
     model.eval()
     save_checkpoint(model, tokenizer, out)
+    final_val = val_loss()
+    done = step if stopped_early else step + 1  # a cap hit at `step` means that step never ran
     summary = {
+        "arch": arch,
         "seed": seed,
-        "steps": step + 1,
+        "steps": done,
         "planned_steps": steps,
         "stopped_early": stopped_early,
         "parameters": params,
-        "tokens_seen": (step + 1) * batch_size * seq_len,
-        "final_val_loss": val_loss(),
+        "tokens_seen": done * batch_size * seq_len,
+        "final_val_loss": final_val,
+        "final_val_perplexity": math.exp(final_val),
+        "train_seconds": round(time.perf_counter() - started, 1),
         "train_files": len(corpus.train_files),
         "val_files": len(corpus.val_files),
         "log": log,
     }
     (out / "train_log.json").write_text(json.dumps(summary, indent=2))
-    print(f"saved {out} ({params / 1e6:.2f}M parameters, val loss {summary['final_val_loss']:.3f})", flush=True)
+    print(
+        f"saved {out} ({arch}, {params / 1e6:.2f}M parameters, val loss {final_val:.3f}, "
+        f"perplexity {summary['final_val_perplexity']:.2f}, {summary['train_seconds']:.0f}s of training)",
+        flush=True,
+    )
     print("sample:", repr(greedy_sample(model, tokenizer, "def fib(n):", 40)), flush=True)
     return summary
 
 
-def greedy_sample(model: LlamaLM, tokenizer, prompt: str, n: int) -> str:  # type: ignore[no-untyped-def]
+def greedy_sample(model: LlamaLM | HybridLM, tokenizer, prompt: str, n: int) -> str:  # type: ignore[no-untyped-def]
     ids = torch.tensor([[model.config.bos_token_id, *tokenizer.encode(prompt, add_special_tokens=False).ids]])
     start = ids.shape[1]
     with torch.no_grad():

@@ -5,9 +5,11 @@
       labels.txt            one label per line (Triton's label_filename)
       1/model.onnx          dynamic batch axis
       preprocess.json       the preprocessing contract the gateway reads (size, mean/std, resize, labels)
-      calibration.json      temperature and conformal thresholds per pipeline (single / multi / multi_flip)
+      views.onnx            one decoded image -> every view (crops, resizes, flips, normalisation), equal to Pillow's
+      calibration.json      per pipeline: calibrators, the default by validation NLL, the conformal holdout and
+                            the drift reference (contracts/calibration.py, version 2)
       kiln.json             serving manifest ("kind": "image-classification")
-      export_report.json    verification, ECE before/after, conformal coverage and set size on test
+      export_report.json    verification (model and views graph), calibrator selection, a quick test-split check
 
 Calibration needs labelled data: demo checkpoints name their dataset and seed, and export
 draws the calibration and test splits from it. Other checkpoints export uncalibrated.
@@ -21,24 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
-from contracts.calibration import Calibration, Conformal
+from contracts.calibration import Calibration
+from contracts.conformal import coverage_and_size
 from contracts.manifest import VisionManifest
 from contracts.vision import PreprocessContract
 from export.onnx_export import toolchain_versions
 from export.triton_repo import classifier_onnx_config, staged_entry, write_config
-from export.vision.calibration import (
-    conformal_threshold,
-    ece,
-    fit_temperature,
-    image_probs,
-    nll,
-    set_metrics,
-)
+from export.vision.calibration import image_probs
 from export.vision.checkpoint import KIND, load_vision_checkpoint
+from export.vision.fit_calibration import fit_calibration
+from export.vision.metrics import ece, nll
 from export.vision.onnx_export import export_classifier_onnx, verify_classifier
 from export.vision.run import PIPELINES, session, view_logits
+from export.vision.views_graph import export_views_graph, verify_views_graph
 
 MODEL_FILE = "1/model.onnx"
+VIEWS_FILE = "views.onnx"
+CALIB_PER_SOURCE = 20  # placements per calibration-split digit: 270 digits -> 5400 scenes
+REPORT_PER_SOURCE = 2  # the export report's quick test-split check (`make eval` measures the full split)
 
 
 def calibrate(
@@ -50,47 +52,52 @@ def calibrate(
     aggregate: str = "confidence_weighted",
     grid: int = 3,
     overlap: float = 0.25,
-    per_source: int = 2,
+    per_source: int = CALIB_PER_SOURCE,
     source_limit: int | None = None,
+    report_per_source: int = REPORT_PER_SOURCE,
 ) -> tuple[Calibration, dict]:
-    """Fit T and q̂ per pipeline on the calibration split; measure on the test split.
-    Returns (calibration.json content, report section)."""
+    """Fit every calibrator per pipeline on the calibration split (export/vision/fit_calibration.py)
+    and check the defaults on a few test-split scenes. Returns (calibration.json content, report)."""
     from export.vision.data import make_scenes
 
     seed = int(dataset.get("seed", 0))
     calib = make_scenes("calib", per_source, seed, limit=source_limit)
-    test = make_scenes("test", per_source, seed, limit=source_limit)
+    test = make_scenes("test", report_per_source, seed, limit=source_limit)
     y_cal = np.array([s.label for s in calib])
     y_test = np.array([s.label for s in test])
     sess = session(onnx_file)
-    temps, thresholds, report = {}, {}, {}
+    cal_probs, test_probs = {}, {}
     for pipeline in PIPELINES:
-        lc = view_logits(sess, contract, calib, pipeline, grid, overlap)
-        lt = view_logits(sess, contract, test, pipeline, grid, overlap)
-        t = fit_temperature(lc, y_cal, aggregate)
-        raw_c, cal_c = image_probs(lc, 1.0, aggregate), image_probs(lc, t, aggregate)
-        raw_t, cal_t = image_probs(lt, 1.0, aggregate), image_probs(lt, t, aggregate)
-        q = conformal_threshold(cal_c, y_cal, alpha, method)
-        temps[pipeline], thresholds[pipeline] = t, q
-        report[pipeline] = {
-            "temperature": t,
-            "top1_test": float(np.mean(raw_t.argmax(1) == y_test)),
-            "ece_calib": {"before": ece(raw_c, y_cal), "after": ece(cal_c, y_cal)},
-            "ece_test": {"before": ece(raw_t, y_test), "after": ece(cal_t, y_test)},
-            "nll_test": {"before": nll(raw_t, y_test), "after": nll(cal_t, y_test)},
-            "conformal": {"threshold": q, **set_metrics(cal_t, y_test, q, method)},
-        }
+        cal_probs[pipeline] = image_probs(view_logits(sess, contract, calib, pipeline, grid, overlap), 1.0, aggregate)
+        test_probs[pipeline] = image_probs(view_logits(sess, contract, test, pipeline, grid, overlap), 1.0, aggregate)
     fitted = {
         "dataset": dataset.get("name"),
         "seed": seed,
         "calib_images": len(calib),
-        "test_images": len(test),
+        "calib_sources": len({s.source for s in calib}),
         "aggregate": aggregate,
         "grid": grid,
         "overlap": overlap,
     }
-    calibration = Calibration(temps, Conformal(method, alpha, thresholds), fitted)
-    return calibration, {"fitted_on": fitted, "method": method, "alpha": alpha, "pipelines": report}
+    calibration = fit_calibration(cal_probs, y_cal, [s.source for s in calib], seed, fitted, method, alpha)
+    # Report from what the file holds (stored probabilities are rounded), exactly as the gateway reads it.
+    stored = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+    rule = stored.conformal.rule()
+    report = {}
+    for pipeline, pc in stored.pipelines.items():
+        raw, cal = test_probs[pipeline], pc.calibrators[pc.default].apply(test_probs[pipeline])
+        q = pc.qhat(pc.default, rule, alpha, stored.conformal.seed)
+        inside = coverage_and_size(cal, y_test, q, rule)
+        report[pipeline] = {
+            "default": pc.default,
+            "selection": pc.selection,
+            "top1_test": float(np.mean(cal.argmax(1) == y_test)),
+            "ece_test": {"before": ece(raw, y_test), "after": ece(cal, y_test)},
+            "nll_test": {"before": nll(raw, y_test), "after": nll(cal, y_test)},
+            "conformal": {"threshold": q, **inside},
+        }
+    fitted |= {"test_images_in_report": len(test)}
+    return stored, {"fitted_on": fitted, "conformal": stored.conformal.to_dict(), "pipelines": report}
 
 
 def export_classifier(
@@ -101,8 +108,9 @@ def export_classifier(
     alpha: float = 0.1,
     conformal_method: str = "lac",
     aggregate: str = "confidence_weighted",
-    per_source: int = 2,
+    per_source: int = CALIB_PER_SOURCE,
     source_limit: int | None = None,
+    report_per_source: int = REPORT_PER_SOURCE,
     max_batch_size: int = 64,
     weights: Path | None = None,
 ) -> dict:
@@ -128,6 +136,10 @@ def export_classifier(
 
         (staging / "preprocess.json").write_text(json.dumps(contract.to_dict(), indent=2))
         (staging / "labels.txt").write_text("".join(f"{label}\n" for label in contract.labels))
+        t = time.perf_counter()
+        views_file = export_views_graph(contract, staging / VIEWS_FILE)
+        report["views_graph"] = verify_views_graph(views_file, contract)
+        report["timings_s"]["views_graph"] = time.perf_counter() - t
         calibration_file = None
         dataset = ckpt.meta.get("dataset")
         if dataset:
@@ -141,6 +153,7 @@ def export_classifier(
                 aggregate,
                 per_source=per_source,
                 source_limit=source_limit,
+                report_per_source=report_per_source,
             )
             calibration_file = calibration.write(staging / "calibration.json").name
             report["timings_s"]["calibration"] = time.perf_counter() - t
@@ -151,6 +164,7 @@ def export_classifier(
             preprocess="preprocess.json",
             calibration=calibration_file,
             arch=ckpt.arch,
+            views=VIEWS_FILE,
         ).write(staging)
         write_config(
             staging,
@@ -171,6 +185,7 @@ def export_classifier(
             **(
                 {
                     p: {
+                        "default_calibrator": r["default"],
                         "top1_test": round(r["top1_test"], 4),
                         "ece_test": {k: round(v, 4) for k, v in r["ece_test"].items()},
                         "coverage": round(r["conformal"]["coverage"], 4),

@@ -53,6 +53,7 @@ def finish_payload(model: str, event: FinishEvent) -> dict:
         ttft_ms=None if event.ttft_s is None else round(event.ttft_s * 1000, 3),
         total_ms=round(event.total_s * 1000, 3),
         queue_ms=round(event.queue_s * 1000, 3),
+        cached_tokens=event.cached_tokens,
     )
     return {"model": model, "finish_reason": event.reason, "usage": usage.model_dump(), "timings": timings.model_dump()}
 
@@ -71,14 +72,18 @@ async def generate(body: GenerateRequest, request: Request):  # type: ignore[no-
 
 
 async def sse_events(stream: TextStream, model: str, request_id: str) -> AsyncIterator[bytes]:
-    async for event in stream:
-        if isinstance(event, FinishEvent):
-            if event.reason == "error":
-                yield sse.error_event(
-                    event.error or KilnError(event.message or "inference failed", code="inference_failed")
-                )
-            else:
-                yield sse.event({"id": request_id, **finish_payload(model, event)}, "finish")
-            yield sse.DONE
-        elif event.text:
-            yield sse.event({"id": request_id, "text": event.text, "token": event.token_id})
+    """One write per burst: the tokens a slow reader has not taken yet go out together."""
+    async for burst in stream.bursts():
+        out: list[bytes] = []
+        for event in burst:
+            if isinstance(event, FinishEvent):
+                if event.reason == "error":
+                    error = event.error or KilnError(event.message or "inference failed", code="inference_failed")
+                    out.append(sse.error_event(error))
+                else:
+                    out.append(sse.event({"id": request_id, **finish_payload(model, event)}, "finish"))
+                out.append(sse.DONE)
+            elif event.text:
+                out.append(sse.event({"id": request_id, "text": event.text, "token": event.token_id}))
+        if out:
+            yield b"".join(out)

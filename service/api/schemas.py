@@ -60,6 +60,7 @@ class Timings(BaseModel):
     ttft_ms: float | None
     total_ms: float
     queue_ms: float
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache (not prefilled again)
 
 
 class GenerateResponse(BaseModel):

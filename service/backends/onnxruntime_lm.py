@@ -16,6 +16,7 @@ an ONNX Runtime session; they differ in the graph contract they drive:
 from __future__ import annotations
 
 from contracts.manifest import GQA, STANDARD, TextManifest
+from contracts.versions import ContractError
 from service.backends.ort_fused import FusedRunner
 from service.backends.ort_runner import OrtRunner
 from service.backends.ort_standard import StandardRunner
@@ -33,4 +34,6 @@ def make_runner(
 ) -> OrtRunner:
     """The runner for the variant's graph contract."""
     graph = manifest.graph(variant)
+    if graph.contract not in RUNNERS:  # e.g. "hybrid" (Mamba): exported and verified, no runner yet
+        raise ContractError(f"{manifest.name}: no in-process runner for graph contract {graph.contract!r} yet")
     return RUNNERS[graph.contract](manifest, graph, max_batch, max_seq_len, threads, profile_prefix)

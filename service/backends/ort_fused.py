@@ -28,6 +28,8 @@ class FusedRunner(OrtRunner):
     def __init__(self, manifest: TextManifest, graph: GraphFile, *args: Any, **kwargs: Any) -> None:
         super().__init__(manifest, graph, *args, **kwargs)
         self._prefill_binding = self.session.io_binding()
+        self._from_start = np.zeros(1, np.int64)  # logits_from = 0: every position of a verify call
+        self.can_verify = "logits_all" in {o.name for o in self.session.get_outputs()}
         self._decode_bindings: dict[int, tuple[ort.IOBinding, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _bind(self, binding: ort.IOBinding, ids: np.ndarray, seqlens: np.ndarray, total: np.ndarray, row: int) -> None:
@@ -46,16 +48,26 @@ class FusedRunner(OrtRunner):
         return binding.get_outputs()[0].numpy()  # only the logits: the presents *are* the state
 
     def extend(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        return self._extend(row, token_ids, every=False)[0]
+
+    def verify(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens like `extend` and return every one's logits [n, vocab] (`logits_all`)."""
+        return self._extend(row, token_ids, every=True)[0]
+
+    def _extend(self, row: int, token_ids: Sequence[int], every: bool) -> np.ndarray:
         n = len(token_ids)
         start = self._check_room(row, n)
         b = self._prefill_binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
+        if every:  # bound first, so it is the first output; an overridable initializer: by pointer
+            b.bind_output("logits_all", "cpu")
+            b.bind_input("logits_from", "cpu", 0, np.int64, [1], self._from_start.ctypes.data)
         ids = np.asarray(token_ids, np.int64)[None, :]
         self._bind(b, ids, np.array([start + n - 1], np.int32), np.array(start + n, np.int32), row)
         logits = self._run(b)
         self.lengths[row] = start + n
-        return logits[0]
+        return logits
 
     def decode(self, last_tokens: np.ndarray) -> np.ndarray:
         n = last_tokens.shape[0]

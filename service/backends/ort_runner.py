@@ -14,6 +14,9 @@ from service.backends.slot_state import SlotState
 class OrtRunner:
     """What both runners share: the session, the slot state and the row bookkeeping."""
 
+    prefix_reuse = "partial"  # attention KV: any prefix of a finished row serves a later prompt
+    can_verify = False  # a graph whose every position's logits can be had in one call
+
     def __init__(
         self,
         manifest: TextManifest,
@@ -49,6 +52,9 @@ class OrtRunner:
     def decode(self, last_tokens: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def verify(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        raise NotImplementedError
+
     def move_row(self, src: int, dst: int) -> None:
         self.state.move_row(src, dst)
 
@@ -57,6 +63,15 @@ class OrtRunner:
 
     def can_grow(self, row: int) -> bool:
         return self.state.can_grow(row)
+
+    def length(self, row: int) -> int:
+        return int(self.state.lengths[row])
+
+    def swap_rows(self, a: int, b: int) -> None:
+        self.state.swap_rows(a, b)
+
+    def truncate(self, row: int, positions: int) -> None:
+        self.state.truncate(row, positions)
 
     def _check_room(self, row: int, n: int) -> int:
         start = int(self.lengths[row])

@@ -7,10 +7,16 @@ from pathlib import Path
 import onnxruntime as ort
 
 
-def cpu_session(path: Path, threads: int = 0, profile_prefix: str | None = None) -> ort.InferenceSession:
+def cpu_session(
+    path: Path, threads: int = 0, profile_prefix: str | None = None, spinning: bool = True
+) -> ort.InferenceSession:
     """`threads` intra-op threads (0 = ONNX Runtime's default, one per core); with `profile_prefix`,
-    ONNX Runtime's profiler records every kernel (the benchmark's step breakdown)."""
+    ONNX Runtime's profiler records every kernel (the benchmark's step breakdown). `spinning=False`
+    makes idle intra-op threads sleep instead of busy-waiting between runs: for sessions that share
+    the cores with Python work between runs (the classifier, whose requests are decoded meanwhile)."""
     opts = ort.SessionOptions()
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix

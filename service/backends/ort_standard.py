@@ -29,6 +29,10 @@ CAPACITY_STEP = 32  # positions are attended in multiples of this (re-layout eve
 
 
 class StandardRunner(OrtRunner):
+    # Its capacity follows the longest *held* row: finished rows kept for their prefixes would
+    # keep every decode step attending over their length. Prefix caching is the fused runner's.
+    prefix_reuse = "none"
+
     def __init__(self, manifest: TextManifest, graph: GraphFile, *args: Any, **kwargs: Any) -> None:
         super().__init__(manifest, graph, *args, **kwargs)
         if any(layer.kind != ATTENTION_KV for layer in manifest.state):
@@ -65,8 +69,17 @@ class StandardRunner(OrtRunner):
             self._set_capacity(self._capacity_for(needed))
 
     # ---- model calls ---------------------------------------------------------------------------
+    can_verify = True  # the traced graph returns every position's logits anyway
+
+    def verify(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens like `extend` and return every one's logits [n, vocab]."""
+        return self._extend(row, token_ids)
+
     def extend(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
-        """Append `token_ids` to row `row` (one prefill chunk); return logits of the last one.
+        return self._extend(row, token_ids)[-1]
+
+    def _extend(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append `token_ids` to row `row` (one prefill chunk); return the logits of each one.
 
         A row holding nothing yet is prefilled with an empty past. Otherwise the chunk attends
         to the row's cached prefix (its valid positions at the current capacity, bound in
@@ -111,7 +124,7 @@ class StandardRunner(OrtRunner):
             index[axis] = slice(start, end)
             view[row][tuple(index)] = outputs[self._out_index[name]][0]
         self.lengths[row] = end
-        return outputs[0][0, -1]
+        return outputs[0][0]
 
     def decode(self, last_tokens: np.ndarray) -> np.ndarray:
         """One token for each of rows 0..n-1; returns logits [n, vocab]."""

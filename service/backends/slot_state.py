@@ -38,6 +38,9 @@ class SlotState:
                     self._axis[name] = 1 + shape.index(POSITIONS)
         self.cap = max_positions
         self.views: dict[str, np.ndarray] = self._make_views(max_positions)
+        # One row of the largest tensor: swaps go through it, one tensor at a time (resident now).
+        largest = max((int(np.prod(self._shape(n, max_positions)[1:])) for n in self._flat), default=0)
+        self._scratch_flat = np.full(largest, 0.0, np.float32)
 
     @property
     def names(self) -> list[str]:
@@ -102,6 +105,38 @@ class SlotState:
             else:
                 _positions(view[dst], axis - 1, n)[...] = _positions(view[src], axis - 1, n)
         self.lengths[dst] = n
+
+    def swap_rows(self, a: int, b: int) -> None:
+        """Exchange rows `a` and `b` (their live positions), through a one-row scratch buffer."""
+        if a == b:
+            return
+        n = int(max(self.lengths[a], self.lengths[b]))
+        for name, view in self.views.items():
+            axis = self._axis.get(name)
+            scratch = self._scratch(name)
+            if axis is None:
+                src_a, src_b, tmp = view[a], view[b], scratch
+            else:
+                src_a, src_b = _positions(view[a], axis - 1, n), _positions(view[b], axis - 1, n)
+                tmp = _positions(scratch, axis - 1, n)
+            np.copyto(tmp, src_a)
+            np.copyto(src_a, src_b)
+            np.copyto(src_b, tmp)
+        self.lengths[[a, b]] = self.lengths[[b, a]]
+
+    def _scratch(self, name: str) -> np.ndarray:
+        """One row of `name` at full capacity, a view of the one shared scratch buffer."""
+        shape = self._shape(name, self.max_positions)[1:]
+        return self._scratch_flat[: int(np.prod(shape))].reshape(shape)
+
+    def truncate(self, row: int, positions: int) -> None:
+        """Keep the row's first `positions` positions; a recurrent state keeps all or nothing."""
+        if positions == 0:
+            self.release_row(row)
+            return
+        if any(name not in self._axis for name in self.views) and positions != int(self.lengths[row]):
+            raise ValueError("a recurrent state cannot be rolled back to an earlier position")
+        self.lengths[row] = positions
 
     def release_row(self, row: int) -> None:
         """The row holds nothing now; a recurrent state starts again from zeros."""

@@ -47,6 +47,10 @@ class TritonEventStream:
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events
 
+    async def bursts(self) -> AsyncIterator[list[Event]]:
+        async for event in self._events:  # one response per token arrives from Triton anyway
+            yield [event]
+
     def cancel(self) -> None:
         self._handle.cancelled = True
 
@@ -132,6 +136,8 @@ class TritonTextModel(TritonModelHandle, BaseTextModel):
             arrays["LOGIT_BIAS_VALUES"] = np.array([b for _, b in s.logit_bias], np.float32)
         if params.min_tokens:
             arrays["MIN_TOKENS"] = np.array([params.min_tokens], np.int32)
+        if params.tenant:
+            arrays["TENANT"] = np.array([params.tenant.encode()], dtype=np.object_)
         if params.stop_token_ids:
             arrays["STOP_TOKEN_IDS"] = np.array(sorted(params.stop_token_ids), np.int64)
         inputs = []

@@ -225,6 +225,7 @@ class TextDataPlane:
         streams: list[TextStream] = []
         try:
             for p in batch:
+                p.tenant = caller.tenant
                 streams.append(model.open_stream(p, caller.protocol))
         except KilnError:
             for opened in streams:

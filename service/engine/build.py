@@ -16,6 +16,7 @@ from service.backends.onnxruntime_lm import make_runner
 from service.backends.ort_runner import OrtRunner
 from service.engine.engine import GenerationEngine
 from service.engine.observer import EngineObserver
+from service.engine.speculative import SpecConfig
 
 
 def warm_up(runner: OrtRunner, token_id: int) -> None:
@@ -47,4 +48,15 @@ def build_text_engine(
         retry_after_s=config.retry_after_s,
         name=name or manifest.name,
         step_delay_s=config.fault_step_delay_ms / 1000.0,
+        prefix_cache=config.prefix_cache,
+        prefix_cache_shared=config.prefix_cache_shared,
+        speculative=spec_config(config),
     )
+
+
+def spec_config(config: EngineConfig) -> SpecConfig | None:
+    if config.speculative == "off":
+        return None
+    if config.speculative != "ngram":
+        raise ValueError(f"KILN_SPECULATIVE={config.speculative!r}: use `ngram` or `off`")
+    return SpecConfig(tokens=config.spec_tokens, ngram_max=config.spec_ngram_max, ngram_min=config.spec_ngram_min)

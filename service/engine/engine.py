@@ -30,10 +30,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from service.engine.observer import EngineObserver
+from service.engine.prefix_cache import PrefixCache
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
 from service.engine.runner import ModelRunner
 from service.engine.sampling import token_logprobs
 from service.engine.sequence import ActiveSequence
+from service.engine.speculative import SpecConfig, accepted_prefix, propose
 from service.errors import QueueFull, Unavailable
 
 log = logging.getLogger("kiln.engine")
@@ -53,6 +55,9 @@ class GenerationEngine:
         retry_after_s: int = 1,
         name: str = "lm",
         step_delay_s: float = 0.0,
+        prefix_cache: bool = False,
+        prefix_cache_shared: bool = False,
+        speculative: SpecConfig | None = None,
     ) -> None:
         self.runner = runner
         self.name = name
@@ -69,6 +74,14 @@ class GenerationEngine:
         self._active: list[ActiveSequence] = []
         self._prefilling: ActiveSequence | None = None  # in KV row len(self._active)
         self._mask_pool: ThreadPoolExecutor | None = None  # structured outputs only
+        # n-gram speculation needs a runner that scores a guess in one call (`verify`).
+        self.spec = speculative if speculative is not None and runner.can_verify else None
+        reuse = runner.prefix_reuse if prefix_cache else "none"
+        self.cache = (
+            PrefixCache(runner.max_batch, shared=prefix_cache_shared, partial=reuse == "partial")
+            if reuse in ("partial", "whole")
+            else None
+        )
         self._cv = threading.Condition()
         self._stopping = False
         self._draining = False
@@ -171,8 +184,9 @@ class GenerationEngine:
                         waited = now - req.created
                         req.emit(FinishEvent(reason, len(req.prompt_ids), 0, None, waited, waited, msg))
                         continue
-                    seq = ActiveSequence(req, self._decode_text, self.vocab, self.eos)
+                    seq = ActiveSequence(req, self._decode_text, self.vocab, self.eos, self.spec)
                     self.obs.queue_time(self.name, seq.admitted - req.created)
+                    self._place(seq)
                     self._prefilling = seq
                     self.obs.slots(self.name, self.slots_in_use, self.runner.max_batch)
                 prompt = seq.req.prompt_ids
@@ -196,12 +210,39 @@ class GenerationEngine:
             for row, logits in reversed(joined):
                 self._accept(row, logits)
 
+    def _place(self, seq: ActiveSequence) -> None:
+        """Seat an admitted sequence in row len(active), on a cached prefix when one fits."""
+        if self.cache is None:
+            return  # the row was released when its last sequence left: it starts empty
+        row = len(self._active)
+        prompt = seq.req.prompt_ids
+        choice = self.cache.choose(range(row, self.runner.max_batch), prompt, seq.req.tenant)
+        self._swap(choice.row, row)
+        self.runner.truncate(row, choice.reuse)
+        seq.prefilled = seq.cached = choice.reuse
+        self.obs.prefix_cache(self.name, len(prompt), choice.reuse)
+
+    def _swap(self, a: int, b: int) -> None:
+        if a != b:
+            self.runner.swap_rows(a, b)
+            assert self.cache is not None
+            self.cache.swap(a, b)
+
+    def _leave(self, row: int, seq: ActiveSequence, keep: bool) -> None:
+        """Row `row` is free now: with prefix caching it keeps the sequence's positions."""
+        if self.cache is None or not keep:
+            self.runner.release_row(row)
+            if self.cache is not None:
+                self.cache.forget(row)
+            return
+        self.cache.retain(row, seq.tokens[: self.runner.length(row)], seq.req.tenant)
+
     def _drop_prefilling(self, reason: str, message: str = "") -> None:
         seq = self._prefilling
         if seq is None:
             return
         self._prefilling = None
-        self.runner.release_row(len(self._active))
+        self._leave(len(self._active), seq, keep=reason != "error")
         self.obs.slots(self.name, self.slots_in_use, self.runner.max_batch)
         now = time.monotonic()
         seq.req.emit(
@@ -219,6 +260,8 @@ class GenerationEngine:
     def _step(self) -> None:
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
+        if self._speculate():
+            return
         self.obs.batch_size(self.name, len(self._active))
         last = np.fromiter((s.last_token for s in self._active), dtype=np.int64, count=len(self._active))
         masks = self._prepare_masks()
@@ -228,6 +271,32 @@ class GenerationEngine:
         # Walk backwards so finishing (which moves the last row into the hole) is safe.
         for row in range(len(self._active) - 1, -1, -1):
             self._accept(row, logits[row])
+
+    def _speculate(self) -> bool:
+        """A speculative step instead of a decode step, when it can pay: one greedy sequence alone
+        (a batched decode reads the weights once for every row; verifying rows one by one would
+        read them once per row), a guess to check, and a record that says guessing helps."""
+        if self.spec is None or len(self._active) != 1 or self._prefilling is not None:
+            return False
+        seq = self._active[0]
+        if not seq.fast_greedy or not seq.acceptance.worthwhile:
+            return False
+        held = self.runner.length(0)
+        room = min(self.spec.tokens, seq.req.max_new_tokens - seq.generated - 1, self.runner.max_seq_len - held - 1)
+        draft = propose(seq.tokens, self.spec)[: max(room, 0)]
+        if not draft:
+            return False
+        self.obs.batch_size(self.name, 1)
+        logits = self.runner.verify(0, [seq.last_token, *draft])
+        accepted = accepted_prefix(logits, draft)
+        self.runner.truncate(0, held + 1 + accepted)  # the last token and the confirmed guesses
+        seq.acceptance.record(len(draft), accepted)
+        self.obs.speculation(self.name, len(draft), accepted)
+        for i in range(accepted + 1):  # greedy: each row's choice is the guess (or the correction)
+            self._accept(0, logits[i])
+            if not self._active or self._active[0] is not seq:
+                break  # it finished (EOS, a stop, the length limit)
+        return True
 
     def _prepare_masks(self) -> Future | None:
         """Structured outputs: compute the next-token masks while the decode step runs."""
@@ -303,14 +372,23 @@ class GenerationEngine:
         if tail:
             seq.req.emit(TokenEvent(tail, -1))
         last = len(self._active) - 1
-        if row != last:
-            self.runner.move_row(last, row)
-            self._active[row] = self._active[last]
-        self._active.pop()
-        self.runner.release_row(last)
-        if self._prefilling is not None:  # keep it just after the decoding rows
-            self.runner.move_row(last + 1, last)
-            self.runner.release_row(last + 1)
+        if self.cache is None:
+            if row != last:
+                self.runner.move_row(last, row)
+                self._active[row] = self._active[last]
+            self._active.pop()
+            self.runner.release_row(last)
+            if self._prefilling is not None:  # keep it just after the decoding rows
+                self.runner.move_row(last + 1, last)
+                self.runner.release_row(last + 1)
+        else:  # swap instead of move: the finished row's positions stay, in a free row
+            if row != last:
+                self._swap(row, last)
+                self._active[row] = self._active[last]
+            self._active.pop()
+            self._leave(last, seq, keep=reason != "error")
+            if self._prefilling is not None:
+                self._swap(last + 1, last)
         self.obs.slots(self.name, self.slots_in_use, self.runner.max_batch)
         now = time.monotonic()
         ttft = None if seq.first_token_at is None else seq.first_token_at - seq.req.created
@@ -323,6 +401,7 @@ class GenerationEngine:
                 total_s=now - seq.req.created,
                 queue_s=seq.admitted - seq.req.created,
                 message=message,
+                cached_tokens=seq.cached,
             )
         )
 

@@ -64,23 +64,39 @@ class PrefixCache:
         self.rows[a], self.rows[b] = self.rows[b], self.rows[a]
 
     def choose(self, free: range, prompt: list[int], tenant: str) -> Choice:
-        """The free row for `prompt` and how many of its positions it can reuse."""
+        """The free row for `prompt` and how many of its positions it can reuse.
+
+        Taking a row destroys what it holds beyond the reused part, so a hit that covers less
+        than half of the new prompt (often just BOS) goes to an empty row instead, as llama.cpp's
+        slot similarity does; with no empty row the longest hit, else the least recently used.
+        """
         query = np.asarray(prompt, np.int64)
         limit = len(prompt) - 1  # the last prompt token is always computed: its logits are needed
-        best: Choice | None = None
-        best_used = -1
+        strong: tuple[int, int, int] | None = None  # (reuse, used, row): covers half the prompt or more
+        weak: tuple[int, int, int] | None = None  # any hit
+        empty: int | None = None
         for row in free:
             entry = self.rows[row]
-            if entry is None or not (self.shared or entry.tenant == tenant):
+            if entry is None:
+                empty = row if empty is None else empty
+                continue
+            if not (self.shared or entry.tenant == tenant):
                 continue
             reuse = min(common_prefix(entry.tokens, query), limit)
-            if not self.partial and reuse < len(entry.tokens):
-                continue  # a recurrent state holds all of its tokens or is useless
-            if reuse > 0 and (best is None or (reuse, entry.used) > (best.reuse, best_used)):
-                best, best_used = Choice(row, reuse), entry.used
-        if best is None:  # no hit: an empty row, else the least recently used one
-            empty = [row for row in free if self.rows[row] is None]
-            row = empty[0] if empty else min(free, key=lambda r: self.rows[r].used)  # type: ignore[union-attr]
-            best = Choice(row, 0)
-        self.rows[best.row] = None  # the new sequence owns the row now (and re-retains it when done)
-        return best
+            if reuse <= 0 or (not self.partial and reuse < len(entry.tokens)):
+                continue  # nothing shared, or a recurrent state that would need rolling back
+            key = (reuse, entry.used, row)
+            if 2 * reuse >= len(prompt):
+                strong = max(strong, key) if strong else key
+            weak = max(weak, key) if weak else key
+        if strong is not None:
+            choice = Choice(strong[2], strong[0])
+        elif empty is not None:
+            choice = Choice(empty, 0)
+        elif weak is not None:
+            choice = Choice(weak[2], weak[0])
+        else:
+            oldest = min(free, key=lambda r: self.rows[r].used)  # type: ignore[union-attr]
+            choice = Choice(oldest, 0)
+        self.rows[choice.row] = None  # the new sequence owns the row now (and re-retains it when done)
+        return choice

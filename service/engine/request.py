@@ -36,6 +36,7 @@ class FinishEvent:
     queue_s: float
     message: str = ""
     error: KilnError | None = None  # reason "error": what a non-streaming caller raises (else inference_failed)
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
 
 
 Event = TokenEvent | FinishEvent
@@ -54,6 +55,7 @@ class GenerationRequest:
     min_tokens: int = 0  # end-of-sequence and stop token ids are banned before this many tokens
     stop_token_ids: frozenset[int] = frozenset()  # end the sequence (finish reason "stop"), not emitted
     constraint: Constraint | None = None  # structured output: the allowed next tokens
+    tenant: str = ""  # whose cached prefixes this request may reuse (the API key's fingerprint)
     protocol: str = "http"
     created: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)

@@ -16,9 +16,17 @@ import numpy as np
 class ModelRunner(Protocol):
     max_batch: int  # rows (slots)
     max_seq_len: int  # positions a row can hold
+    # How a finished row's state can serve a later prompt: "partial" (any prefix of it: attention
+    # KV), "whole" (all of it or nothing: a recurrent state cannot be rolled back), "none".
+    prefix_reuse: str
+    can_verify: bool  # `verify` works: speculative decoding can check drafts in one call
 
     def extend(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
         """Append tokens to the row's state (a prompt chunk); the last token's logits [vocab]."""
+        ...
+
+    def verify(self, row: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Like `extend`, but the logits of every token [len(token_ids), vocab]."""
         ...
 
     def decode(self, last_tokens: np.ndarray) -> np.ndarray:
@@ -35,4 +43,16 @@ class ModelRunner(Protocol):
 
     def can_grow(self, row: int) -> bool:
         """Whether the row has room for one more token."""
+        ...
+
+    def length(self, row: int) -> int:
+        """Positions the row holds."""
+        ...
+
+    def swap_rows(self, a: int, b: int) -> None:
+        """Exchange two rows' state (prefix caching keeps finished rows' positions)."""
+        ...
+
+    def truncate(self, row: int, positions: int) -> None:
+        """Keep only the row's first `positions` positions (a cached prefix a new prompt reuses)."""
         ...

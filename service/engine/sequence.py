@@ -15,13 +15,19 @@ from numpy.random import default_rng  # imported now: numpy loads it lazily, ~20
 from service.engine.detokenize import StreamDecoder
 from service.engine.request import GenerationRequest
 from service.engine.sampling import sample_token
+from service.engine.speculative import Acceptance, SpecConfig
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
 class ActiveSequence:
     def __init__(
-        self, req: GenerationRequest, decode: Callable[[Sequence[int]], str], vocab: int, eos: Collection[int]
+        self,
+        req: GenerationRequest,
+        decode: Callable[[Sequence[int]], str],
+        vocab: int,
+        eos: Collection[int],
+        spec: SpecConfig | None = None,
     ) -> None:
         self.req = req
         self.decoder = StreamDecoder(decode, req.stop)
@@ -40,6 +46,9 @@ class ActiveSequence:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.prefilled = 0  # prompt tokens already in the slot's state
+        self.cached = 0  # of those, reused from a finished sequence's slot (prefix caching)
+        self.tokens = list(req.prompt_ids)  # prompt and output: what the slot holds, and one more
+        self.acceptance = Acceptance(spec or SpecConfig())  # speculative decoding's record
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token under the request's sampling, bans and constraint."""
@@ -55,6 +64,7 @@ class ActiveSequence:
         return sample_token(logits, params, self.rng, seen, self.counts, banned, allowed)
 
     def took(self, token: int) -> None:
+        self.tokens.append(token)
         self.last_token = token
         self.seen[token] = True
         if self.counts is not None:

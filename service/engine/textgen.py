@@ -50,6 +50,7 @@ class GenerateParams:
     grammar: Grammar | None = None  # structured output: each sequence gets its own matcher
     add_special_tokens: bool = True  # False: the prompt already holds them (a rendered chat template)
     fit_to_context: bool = False  # max_new_tokens is a ceiling: stop where the context ends instead of refusing
+    tenant: str = ""  # whose cached prefixes it may reuse (set by the data plane from the caller)
 
 
 class TextStream(Protocol):
@@ -58,6 +59,11 @@ class TextStream(Protocol):
     prompt_tokens: int
 
     def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    def bursts(self) -> AsyncIterator[list[Event]]:
+        """The same events, grouped: everything already delivered comes in one list, so a
+        transport writes a client's pending tokens in one send instead of one per token."""
+        ...
 
     def cancel(self) -> None:
         """Stop generating and free the slot (safe from any thread, idempotent)."""
@@ -79,11 +85,18 @@ class EventStream:
         return self._events()
 
     async def _events(self) -> AsyncIterator[Event]:
+        async for burst in self.bursts():
+            for event in burst:
+                yield event
+
+    async def bursts(self) -> AsyncIterator[list[Event]]:
         try:
             while True:
-                event = await self._queue.get()
-                yield event
-                if isinstance(event, FinishEvent):
+                burst = [await self._queue.get()]
+                while not self._queue.empty():
+                    burst.append(self._queue.get_nowait())
+                yield burst
+                if isinstance(burst[-1], FinishEvent):
                     return
         finally:
             self.request.cancel()  # no-op once finished; frees the slot if the client left
@@ -259,6 +272,7 @@ class TextModel(BaseTextModel):
             min_tokens=params.min_tokens,
             stop_token_ids=params.stop_token_ids,
             constraint=params.grammar.matcher() if params.grammar is not None else None,
+            tenant=params.tenant,
             protocol=protocol,
         )
         self.engine.submit(req)

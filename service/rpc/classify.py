@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from service.rpc import kiln_v1_pb2 as pb
 
+OPTIONAL = {  # proto field -> option name, passed on only when set (proto3 `optional`)
+    "calibrated": "calibrated",
+    "grid": "grid",
+    "overlap": "overlap",
+    "alpha": "alpha",
+    "k_reg": "k_reg",
+    "raps_lambda": "lambda",
+    "randomized": "randomized",
+    "seed": "seed",
+}
+
 
 def to_fields(req: pb.ClassifyRequest) -> dict:
-    """Unset proto fields (empty strings, zeros) keep the REST defaults. proto3 booleans default
-    to false, so `calibrated` is only applied when set."""
+    """Unset proto fields (empty strings, zeros, absent optionals) keep the REST defaults; the
+    data plane validates the result exactly as it validates a REST request."""
     fields: dict = {
         "tta_flip": req.tta_flip,
-        "calibrated": req.calibrated,
         "prediction_set": req.prediction_set,
         "return_views": req.return_views,
     }
+    for proto_name, option in OPTIONAL.items():
+        if req.HasField(proto_name):
+            value = getattr(req, proto_name)
+            fields[option] = round(value, 6) if isinstance(value, float) else value  # float32 on the wire
+    for name in ("calibrator", "conformal"):
+        if getattr(req, name):
+            fields[name] = getattr(req, name)
     if req.model:
         fields["model"] = req.model
     if req.views:
@@ -37,4 +54,17 @@ def to_response(out: dict) -> pb.ClassifyResponse:
         )
         item.timings_ms.update({**r["timings"], **out["timings"]})
         results.append(item)
-    return pb.ClassifyResponse(model=out["model"], results=results)
+    cal = out.get("calibration")
+    calibration = None
+    if cal:
+        calibration = pb.ClassifyCalibration(
+            pipeline=cal["pipeline"],
+            calibrator=cal["calibrator"],
+            fitted_for_request=cal["fitted_for_request"],
+            method=cal.get("method", ""),
+            alpha=cal.get("alpha", 0.0),
+            coverage_target=cal.get("coverage_target", 0.0),
+            threshold=cal.get("threshold", 0.0),
+            calibration_images=cal.get("calibration_images", 0),
+        )
+    return pb.ClassifyResponse(model=out["model"], results=results, calibration=calibration)

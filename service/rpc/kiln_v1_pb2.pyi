@@ -137,14 +137,16 @@ class ChatResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., message: _Optional[_Union[ChatMessage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens")
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("ttft_ms", "total_ms", "queue_ms")
@@ -203,7 +205,7 @@ class GenerateStreamResponse(_message.Message):
     def __init__(self, chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "images", "views", "tta_flip", "aggregate", "topk_k", "top_k", "calibrated", "prediction_set", "return_views")
+    __slots__ = ("model", "images", "views", "tta_flip", "aggregate", "topk_k", "top_k", "calibrated", "prediction_set", "return_views", "grid", "overlap", "calibrator", "conformal", "alpha", "k_reg", "raps_lambda", "randomized", "seed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     VIEWS_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +216,15 @@ class ClassifyRequest(_message.Message):
     CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     PREDICTION_SET_FIELD_NUMBER: _ClassVar[int]
     RETURN_VIEWS_FIELD_NUMBER: _ClassVar[int]
+    GRID_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATOR_FIELD_NUMBER: _ClassVar[int]
+    CONFORMAL_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    K_REG_FIELD_NUMBER: _ClassVar[int]
+    RAPS_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    RANDOMIZED_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     model: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
     views: str
@@ -224,7 +235,16 @@ class ClassifyRequest(_message.Message):
     calibrated: bool
     prediction_set: bool
     return_views: bool
-    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., views: _Optional[str] = ..., tta_flip: _Optional[bool] = ..., aggregate: _Optional[str] = ..., topk_k: _Optional[int] = ..., top_k: _Optional[int] = ..., calibrated: _Optional[bool] = ..., prediction_set: _Optional[bool] = ..., return_views: _Optional[bool] = ...) -> None: ...
+    grid: int
+    overlap: float
+    calibrator: str
+    conformal: str
+    alpha: float
+    k_reg: int
+    raps_lambda: float
+    randomized: bool
+    seed: int
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., views: _Optional[str] = ..., tta_flip: _Optional[bool] = ..., aggregate: _Optional[str] = ..., topk_k: _Optional[int] = ..., top_k: _Optional[int] = ..., calibrated: _Optional[bool] = ..., prediction_set: _Optional[bool] = ..., return_views: _Optional[bool] = ..., grid: _Optional[int] = ..., overlap: _Optional[float] = ..., calibrator: _Optional[str] = ..., conformal: _Optional[str] = ..., alpha: _Optional[float] = ..., k_reg: _Optional[int] = ..., raps_lambda: _Optional[float] = ..., randomized: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "probability")
@@ -261,13 +281,35 @@ class ImageResult(_message.Message):
     timings_ms: _containers.ScalarMap[str, float]
     def __init__(self, top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., views: _Optional[_Iterable[_Union[ViewScores, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class ClassifyCalibration(_message.Message):
+    __slots__ = ("pipeline", "calibrator", "fitted_for_request", "method", "alpha", "coverage_target", "threshold", "calibration_images")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATOR_FIELD_NUMBER: _ClassVar[int]
+    FITTED_FOR_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_TARGET_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    calibrator: str
+    fitted_for_request: bool
+    method: str
+    alpha: float
+    coverage_target: float
+    threshold: float
+    calibration_images: int
+    def __init__(self, pipeline: _Optional[str] = ..., calibrator: _Optional[str] = ..., fitted_for_request: _Optional[bool] = ..., method: _Optional[str] = ..., alpha: _Optional[float] = ..., coverage_target: _Optional[float] = ..., threshold: _Optional[float] = ..., calibration_images: _Optional[int] = ...) -> None: ...
+
 class ClassifyResponse(_message.Message):
-    __slots__ = ("model", "results")
+    __slots__ = ("model", "results", "calibration")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     results: _containers.RepeatedCompositeFieldContainer[ImageResult]
-    def __init__(self, model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ...) -> None: ...
+    calibration: ClassifyCalibration
+    def __init__(self, model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ..., calibration: _Optional[_Union[ClassifyCalibration, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -110,6 +110,7 @@ def finish_messages(event: FinishEvent) -> tuple[pb.Usage, pb.Timings]:
         prompt_tokens=event.prompt_tokens,
         completion_tokens=event.completion_tokens,
         total_tokens=event.prompt_tokens + event.completion_tokens,
+        cached_tokens=event.cached_tokens,
     )
     timings = pb.Timings(total_ms=event.total_s * 1000, queue_ms=event.queue_s * 1000)
     if event.ttft_s is not None:

@@ -185,6 +185,7 @@ class TritonPythonModel:
             logprobs=None if logprobs < 0 else logprobs,
             min_tokens=int(_scalar(request, "MIN_TOKENS", 0)),
             stop_token_ids=frozenset(int(t) for t in _array(request, "STOP_TOKEN_IDS")),
+            tenant=next(iter(_strings(request, "TENANT")), ""),
             protocol="triton",
         )
         holder["req"] = req

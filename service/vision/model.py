@@ -10,23 +10,32 @@ resolves the model and the options for REST and gRPC alike.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from PIL import Image
 
-from contracts.aggregate import AGGREGATIONS, aggregate, confidence, prediction_set, softmax, temper, view_weights
+from contracts.aggregate import aggregate, confidence, softmax, view_weights
 from contracts.calibration import Calibration
+from contracts.conformal import ConformalMethod, sets
 from contracts.manifest import VisionManifest, read_json
 from contracts.vision import PreprocessContract, make_views, view_boxes
 from service.backends.ort_session import cpu_session
 from service.backends.triton_vision import TritonClassifierRunner
-from service.errors import InvalidRequest, Unavailable
+from service.errors import Unavailable
 from service.metrics import Metrics
 from service.settings import Settings
 from service.vision.batcher import BatchObserver, DynamicBatcher
+from service.vision.drift import DriftMonitor
 from service.vision.preprocess import ImageLimits, decode_image
+from service.vision.views import ViewsGraph
+
+log = logging.getLogger("kiln.vision")
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -38,13 +47,20 @@ class ClassifyOptions:
     aggregate: str = "confidence_weighted"
     k: int = 3  # for topk_mean
     top_k: int = 5
-    calibrated: bool | None = None  # None: calibrated when the model has a temperature
+    calibrated: bool | None = None  # None: calibrated when the model has a calibration
+    calibrator: str | None = None  # None: the calibration's default for the pipeline
     prediction_set: bool = False
+    conformal: str | None = None  # lac | aps | raps (None: calibration.json's default)
+    alpha: float | None = None
+    k_reg: int | None = None  # RAPS
+    lam: float | None = None  # RAPS λ (`lambda` on the wire)
+    randomized: bool | None = None  # APS / RAPS
+    seed: int | None = None  # the randomisation's seed (randomised sets only; None: fresh)
     return_views: bool = False
 
     @property
     def pipeline(self) -> str:
-        """Which fitted temperature / conformal threshold applies (see calibration.json)."""
+        """Which fitted calibrators and conformal holdout apply (see calibration.json)."""
         if self.views == "single":
             return "single"
         return "multi_flip" if self.tta_flip else "multi"
@@ -101,12 +117,30 @@ class VisionModel:
         self.runner = runner  # TritonClassifierRunner when the network runs in Triton
         self.session = None
         if runner is None:
-            self.session = cpu_session(manifest.path(manifest.files["fp32"]), settings.intra_op_threads)
+            # No spinning: between runs the cores decode and cut the next requests' views.
+            path = manifest.path(manifest.files["fp32"])
+            self.session = cpu_session(path, settings.intra_op_threads, spinning=False)
         self.limits = ImageLimits(
             formats=frozenset(f.strip().upper() for f in settings.image_formats.split(",") if f.strip()),
             max_pixels=settings.max_image_pixels,
             max_side=settings.max_image_side,
         )
+        self.views_graph: ViewsGraph | None = None
+        if manifest.views:
+            try:
+                self.views_graph = ViewsGraph(manifest.path(manifest.views), contract)
+            except ValueError as exc:  # a resize the graph does not implement: Pillow cuts the views
+                log.warning("%s: views graph not used (%s); views are cut with Pillow", self.name, exc)
+        self.drift: DriftMonitor | None = None
+        if self.calibration is not None:
+            self.drift = DriftMonitor(
+                self.name,
+                {p: c.reference for p, c in self.calibration.pipelines.items()},
+                metrics,
+                settings.classify_drift_window,
+                settings.classify_drift_min_images,
+                settings.classify_drift_period_s,
+            )
         self.pool = ThreadPoolExecutor(settings.classify_workers, thread_name_prefix=f"kiln-decode-{self.name}")
         self.batcher: DynamicBatcher | None = None
         self.busy = 0
@@ -133,6 +167,12 @@ class VisionModel:
         h, w = self.contract.input_size
         for n in (1, self.settings.classify_max_batch):  # warm up both ends of the batch axis
             self._run(np.zeros((n, 3, h, w), np.float32))
+        if self.views_graph is not None:  # and the views graph, for the common square case
+            self.views_graph.views(Image.new("RGB", (4 * w, 4 * h)), "multi", 3, 0.25, True)
+        # When a run ends, the batcher thread needs the GIL back to hand out the logits and start
+        # the next run; the event loop may hold it for many requests' worth of Python. Python's
+        # default 5 ms switch interval would leave the cores idle that long after every run.
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.batcher = DynamicBatcher(
             self._run,
             self.settings.classify_max_batch,
@@ -146,46 +186,28 @@ class VisionModel:
             self.batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- request validation -------------------------------------------------------------------
-    def check(self, opts: ClassifyOptions, n_images: int) -> ClassifyOptions:
-        s = self.settings
-        if n_images == 0:
-            raise InvalidRequest("no image in the request", code="no_images")
-        if n_images > s.classify_max_images:
-            raise InvalidRequest(
-                f"{n_images} images exceed the limit of {s.classify_max_images} per request (KILN_CLASSIFY_MAX_IMAGES)",
-                code="too_many_images",
-            )
-        if opts.views not in ("single", "multi"):
-            raise InvalidRequest("`views` must be `single` or `multi`", code="invalid_parameter", param="views")
-        if not 1 <= opts.grid <= s.classify_max_grid:
-            raise InvalidRequest(
-                f"`grid` must be between 1 and {s.classify_max_grid} (KILN_CLASSIFY_MAX_GRID)",
-                code="invalid_parameter",
-                param="grid",
-            )
-        if not 0.0 <= opts.overlap <= 0.9:
-            raise InvalidRequest("`overlap` must be between 0 and 0.9", code="invalid_parameter", param="overlap")
-        if opts.aggregate not in AGGREGATIONS:
-            raise InvalidRequest(
-                f"`aggregate` must be one of {list(AGGREGATIONS)}", code="invalid_parameter", param="aggregate"
-            )
-        if opts.k < 1 or opts.top_k < 1:
-            raise InvalidRequest("`k` and `top_k` must be >= 1", code="invalid_parameter")
-        has_cal = self.calibration is not None
-        if (opts.calibrated or opts.prediction_set) and not has_cal:
-            raise InvalidRequest(
-                f"model {self.name!r} has no calibration (export it with a calibration split)", code="not_calibrated"
-            )
-        calibrated = has_cal if opts.calibrated is None else opts.calibrated
-        return ClassifyOptions(**{**asdict(opts), "calibrated": calibrated, "top_k": min(opts.top_k, len(self.labels))})
-
     # -- the data plane -----------------------------------------------------------------------
+    def fitted_for(self, opts: ClassifyOptions) -> bool:
+        """Whether the request's views and aggregation are the ones calibration.json was fitted on
+        (otherwise the nearest pipeline's calibrators apply, approximately)."""
+        fitted = self.calibration.fitted_on if self.calibration is not None else {}
+        same_views = opts.views == "single" or (
+            opts.grid == int(fitted.get("grid", 3)) and opts.overlap == float(fitted.get("overlap", 0.25))
+        )
+        return same_views and opts.aggregate == fitted.get("aggregate", "confidence_weighted")
+
     def _prepare(self, data: bytes, index: int, opts: ClassifyOptions) -> _Prepared:
         t0 = time.perf_counter()
         image = decode_image(data, self.limits, index)
         t1 = time.perf_counter()
-        names, views = make_views(image, self.contract, opts.views, opts.grid, opts.overlap, opts.tta_flip)
+        out = None
+        if self.views_graph is not None:
+            out = self.views_graph.views(image, opts.views, opts.grid, opts.overlap, opts.tta_flip)
+        names, views = (
+            out
+            if out is not None
+            else make_views(image, self.contract, opts.views, opts.grid, opts.overlap, opts.tta_flip)
+        )
         t2 = time.perf_counter()
         self.metrics.classify_preprocess_s.labels(self.name).observe(t2 - t0)
         return _Prepared(names, views, image.width, image.height, t1 - t0, t2 - t1)
@@ -208,11 +230,11 @@ class VisionModel:
         ]
 
     async def classify(self, images: list[bytes], opts: ClassifyOptions, protocol: str = "http") -> dict:
+        """Serve one request whose options service/dataplane/vision.py has validated and resolved."""
         if self.draining:
             raise Unavailable("server is shutting down; retry on another replica", code="draining")
         if self.runner is None and self.batcher is None:
             raise Unavailable(f"model {self.name!r} is not ready", code="not_ready")
-        opts = self.check(opts, len(images))
         self.busy += 1
         try:
             return await self._classify(images, opts, protocol)
@@ -226,7 +248,7 @@ class VisionModel:
             *(loop.run_in_executor(self.pool, self._prepare, data, i, opts) for i, data in enumerate(images))
         )
         t_prep = time.perf_counter()
-        views = np.concatenate([p.views for p in prepared])
+        views = np.concatenate([p.views for p in prepared]) if len(prepared) > 1 else prepared[0].views
         if self.runner is not None:
             logits = await self.runner.run(views)
             self.metrics.classify_batch.labels(self.name).observe(len(views))
@@ -239,28 +261,32 @@ class VisionModel:
         self.metrics.classify_views.labels(self.name, protocol).inc(len(views))
 
         pipeline = opts.pipeline
-        cal = self.calibration
-        temperature = cal.temperature[pipeline] if cal is not None and opts.calibrated else 1.0
-        results, offset = [], 0
+        bounds = np.cumsum([0, *[len(p.names) for p in prepared]])
+        view_probs = [softmax(logits[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        raw = np.stack([aggregate(v, opts.aggregate, opts.k) for v in view_probs])
+        cal = self.calibration.pipelines[pipeline] if self.calibration is not None else None
+        probs = cal.calibrators[opts.calibrator].apply(raw) if cal is not None and opts.calibrator else raw
+        fitted = self.fitted_for(opts)
+        if self.drift is not None and fitted:
+            self.drift.record(pipeline, raw)
+        calibration, members = self._conformal(cal, probs, opts, fitted)
+        results = []
         for i, p in enumerate(prepared):
-            v = len(p.names)
-            probs_v = softmax(logits[offset : offset + v])
-            offset += v
-            probs = temper(aggregate(probs_v, opts.aggregate, opts.k), temperature)
-            order = np.argsort(-probs, kind="stable")[: opts.top_k]
+            order = np.argsort(-probs[i], kind="stable")
             result: dict = {
                 "index": i,
                 "width": p.width,
                 "height": p.height,
-                "num_views": v,
-                "top": [{"label": self.labels[j], "index": int(j), "probability": float(probs[j])} for j in order],
+                "num_views": len(p.names),
+                "top": [
+                    {"label": self.labels[j], "index": int(j), "probability": float(probs[i, j])}
+                    for j in order[: opts.top_k]
+                ],
             }
-            if opts.prediction_set and cal is not None:
-                conformal = cal.conformal
-                members = prediction_set(probs, conformal.thresholds[pipeline], conformal.method)
-                result["prediction_set"] = [self.labels[j] for j in members]
+            if members is not None:
+                result["prediction_set"] = [self.labels[j] for j in order if members[i, j]]
             if opts.return_views:
-                result["views"] = self._views(p, probs_v, opts)
+                result["views"] = self._views(p, view_probs[i], opts)
             result["timings"] = {"decode_ms": p.decode_s * 1000, "views_ms": p.views_s * 1000}
             results.append(result)
         total = time.perf_counter() - started
@@ -269,16 +295,37 @@ class VisionModel:
             "inference_ms": (t_infer - t_prep) * 1000,
             "total_ms": total * 1000,
         }
-        calibration = None
-        if cal is not None and (opts.calibrated or opts.prediction_set):
-            calibration = {"pipeline": pipeline, "temperature": temperature}
-            if opts.prediction_set:
-                calibration |= {"method": cal.conformal.method, "coverage_target": cal.conformal.coverage_target}
+        options = asdict(opts)
+        options["lambda"] = options.pop("lam")
         return {
             "model": self.name,
             "labels": self.labels,
-            "options": asdict(opts),
+            "options": options,
             "calibration": calibration,
             "results": results,
             "timings": timings,
         }
+
+    def _conformal(self, cal, probs: np.ndarray, opts: ClassifyOptions, fitted: bool):  # type: ignore[no-untyped-def]
+        """(the response's `calibration` block, set membership [B, C] or None)."""
+        if cal is None or not (opts.calibrated or opts.prediction_set):
+            return None, None
+        block: dict = {"pipeline": opts.pipeline, "calibrator": opts.calibrator, "fitted_for_request": fitted}
+        if not opts.prediction_set:
+            return block, None
+        assert self.calibration is not None and opts.conformal is not None and opts.alpha is not None
+        rule = ConformalMethod(opts.conformal, bool(opts.randomized), int(opts.k_reg or 0), float(opts.lam or 0.0))
+        qhat = cal.qhat(opts.calibrator or "none", rule, opts.alpha, self.calibration.conformal.seed)
+        u = np.random.default_rng(opts.seed).random(len(probs)) if opts.randomized else None
+        block |= {
+            "method": rule.method,
+            "alpha": opts.alpha,
+            "coverage_target": 1.0 - opts.alpha,
+            "threshold": qhat,
+            "calibration_images": cal.n_holdout,
+        }
+        if rule.method == "raps":
+            block |= {"k_reg": rule.k_reg, "lambda": rule.lam}
+        if rule.method != "lac":
+            block["randomized"] = rule.randomized
+        return block, sets(probs, qhat, rule, u)

@@ -48,4 +48,4 @@ def test_prediction_sets() -> None:
     assert prediction_set(p, 0.9, "aps") == [0, 1]
     assert prediction_set(p, 0.5, "aps") == [0]  # never empty
     with pytest.raises(ValueError):
-        prediction_set(p, 0.5, "raps")
+        prediction_set(p, 0.5, "vote")

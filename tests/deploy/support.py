@@ -33,8 +33,6 @@ EXTERNAL_METRICS = {
     "nv_inference_exec_count": "Triton server metric (gpu overlay); no Triton in the live test",
     "nv_inference_request_success": "Triton server metric (gpu overlay); no Triton in the live test",
     "nv_inference_pending_request_count": "Triton server metric (gpu overlay); no Triton in the live test",
-    "kiln_classify_images_total": "image classification is being added in parallel (vision branch)",
-    "kiln_classify_duration_seconds_bucket": "image classification is being added in parallel (vision branch)",
     "kube_deployment_status_replicas_unavailable": "kube-state-metrics; not part of the live test",
     "kube_horizontalpodautoscaler_status_desired_replicas": "kube-state-metrics; not part of the live test",
     "kube_deployment_status_replicas_available": "kube-state-metrics; not part of the live test",

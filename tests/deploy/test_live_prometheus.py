@@ -1,9 +1,9 @@
-"""A real Prometheus on loopback scrapes a live gateway under a little traffic and evaluates every
-dashboard, rule and KEDA-trigger expression through its HTTP API.
+"""A real Prometheus on loopback scrapes a live gateway (a tiny LM and a tiny classifier) under a
+little traffic and evaluates every dashboard, rule and KEDA-trigger expression through its HTTP API.
 
 Each expression must parse (HTTP 200, status success). Each must return series, except those that
-use only metrics the live gateway cannot export yet (EXTERNAL_METRICS in support.py: Triton,
-image classification, kube-state-metrics), which are listed with their reason. Metric names are
+use only metrics the live gateway cannot export (EXTERNAL_METRICS in support.py: Triton,
+kube-state-metrics), which are listed with their reason. Metric names are
 checked against the live /metrics. The scrape job is named and labelled like the ServiceMonitor's
 (job="kiln-gateway", namespace="kiln"), so expressions run verbatim.
 """
@@ -61,14 +61,30 @@ def expressions() -> list[tuple[str, str, bool]]:
     return found
 
 
+def _classify_traffic(server: Server) -> None:
+    """Classifications over REST and gRPC, enough for the drift window to export its gauges."""
+    import grpc
+
+    from service.rpc import kiln_v1_pb2 as pb
+    from service.rpc import kiln_v1_pb2_grpc as pb_grpc
+    from tests.service.vision.images import scene_png
+
+    files = [("file", (f"{i}.png", scene_png(i), "image/png")) for i in range(4)]
+    r = httpx.post(f"{server.url}/classify?prediction_set=true", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        pb_grpc.KilnStub(channel).Classify(pb.ClassifyRequest(images=[scene_png(9)], tta_flip=True), timeout=30)
+
+
 def _traffic(server: Server) -> None:
-    """Plain, streaming, OpenAI, gRPC, invalid and over-capacity (429) requests."""
+    """Plain, streaming, OpenAI, gRPC, invalid and over-capacity (429) requests; classifications."""
     import grpc
 
     from service.rpc import kiln_v1_pb2 as pb
     from service.rpc import kiln_v1_pb2_grpc as pb_grpc
 
     url = server.url
+    _classify_traffic(server)
     with httpx.Client(timeout=60) as client:
         for i in range(3):
             r = client.post(f"{url}/generate", json={"prompt": "def fib(n):", "max_new_tokens": 4, "seed": i})
@@ -158,11 +174,19 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def live(tiny_lm_repo: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def live(tiny_lm_vision_repo: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     import_or_skip("promql_parser")
     require_tool("prometheus")
-    # Small capacity and a slow engine step so the burst queues and overflows (429 queue_full).
-    server = Server(tiny_lm_repo, KILN_MAX_BATCH="2", KILN_MAX_QUEUE="1", KILN_FAULT_STEP_DELAY_MS="15")
+    # Small capacity and a slow engine step so the burst queues and overflows (429 queue_full); a
+    # drift window that exports its gauges after a few images.
+    server = Server(
+        tiny_lm_vision_repo,
+        KILN_MAX_BATCH="2",
+        KILN_MAX_QUEUE="1",
+        KILN_FAULT_STEP_DELAY_MS="15",
+        KILN_CLASSIFY_DRIFT_MIN_IMAGES="1",
+        KILN_CLASSIFY_DRIFT_PERIOD_S="0",
+    )
     prom = None
     try:
         prom = Prometheus(tmp_path_factory.mktemp("prometheus"), server.url.removeprefix("http://"))

@@ -12,7 +12,7 @@ import torch
 
 from export.checkpoint import load_checkpoint
 from export.fused_graph import build_fused_lm_onnx
-from export.verify import VerificationError, _fused_call, verify_fused_lm
+from export.verify import VerificationError, _fused_call, _session, verify_fused_lm
 from tests.export.test_checkpoint import _hf_llama_dir, tokenizer  # noqa: F401 - fixture
 
 
@@ -58,7 +58,8 @@ def test_fused_graph_is_a_few_kernels_per_layer(tmp_path, tokenizer) -> None:  #
     ops = Counter(node.op_type for node in graph.node)
     layers = model.config.num_layers
     assert ops["GroupQueryAttention"] == layers
-    assert ops["MatMul"] == 5 * layers + 1  # QKV, output, gate, up, down; LM head
+    # QKV, output, gate, up, down; the LM head of the last position and of logits_all (empty unless asked)
+    assert ops["MatMul"] == 5 * layers + 2
     assert ops["Softmax"] == 0 and ops["Concat"] == 0
     assert len(graph.node) <= 12 * layers + 10
 
@@ -89,3 +90,40 @@ def test_windowed_fused_graph_needs_the_runtime_that_counts_windows_like_transfo
     assert fused_unsupported(cfg, "1.32.0") is None
     assert "onnxruntime >= 1.23" in fused_unsupported(cfg, "1.22.1")
     assert fused_unsupported(DecoderConfig(hidden_size=64, num_heads=4, num_kv_heads=2), "1.22.1") is None
+
+
+def test_logits_all_gives_every_position_when_asked_and_nothing_by_default(tmp_path, tokenizer) -> None:  # noqa: F811
+    """Speculative decoding verifies drafts with `logits_all`: from `logits_from` on, every
+    position's logits equal transformers'; by default the output is empty."""
+    hf = _hf_llama_dir(tmp_path / "hf", tokenizer)
+    ckpt = load_checkpoint(tmp_path / "hf")
+    sess = _session(build_fused_lm_onnx(ckpt.model, tmp_path / "fused.onnx"))
+    cfg = ckpt.config
+    ids = torch.randint(3, cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = hf(ids).logits.numpy()
+    cache = [np.zeros((1, cfg.num_kv_heads, 16, cfg.head_dim), np.float32) for _ in range(2 * cfg.num_layers)]
+
+    def call(tokens: np.ndarray, seqlen: int, start: int | None) -> tuple[np.ndarray, np.ndarray]:
+        b = sess.io_binding()
+        b.bind_cpu_input("input_ids", tokens)
+        b.bind_cpu_input("seqlens_k", np.array([seqlen], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.array(seqlen + 1, np.int32))
+        start_arr = np.array([start if start is not None else 0], np.int64)
+        if start is not None:  # an overridable initializer: bound by pointer (bind_cpu_input refuses it)
+            b.bind_input("logits_from", "cpu", 0, np.int64, [1], start_arr.ctypes.data)
+        b.bind_output("logits", "cpu")
+        b.bind_output("logits_all", "cpu")
+        for i in range(cfg.num_layers):
+            for kind, buf in (("key", cache[2 * i]), ("value", cache[2 * i + 1])):
+                b.bind_input(f"past_{kind}.{i}", "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+                b.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+        sess.run_with_iobinding(b)
+        last, every = (o.numpy() for o in b.get_outputs()[:2])
+        return last, every
+
+    last, every = call(ids[:, :8].numpy(), 7, None)
+    assert every.shape == (1, 0, cfg.vocab_size) and np.abs(last - expected[:, 7]).max() < 1e-4
+    last, every = call(ids[:, 8:].numpy(), 11, 0)  # 4 tokens on top of the cached 8: all four positions
+    assert every.shape == (1, 4, cfg.vocab_size)
+    assert np.abs(every[0] - expected[0, 8:]).max() < 1e-4 and np.abs(last[0] - every[0, -1]).max() < 1e-6

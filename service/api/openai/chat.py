@@ -27,6 +27,7 @@ from service.api.openai.chat_protocol import (
     MessageOut,
     TokenLogprob,
 )
+from service.api.openai.merge import merged_bursts
 from service.api.openai.protocol import FINISH, CompletionUsage, openai_errors
 from service.api.schemas import CHAT_SSE_200, ERRORS, TEXT
 from service.dataplane.text import Completed, TextOptions, collect
@@ -108,9 +109,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):  # ty
             ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=FINISH[done.finish.reason])
         )
     completion_tokens = sum(done.finish.completion_tokens for done in results)
-    usage = CompletionUsage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-    )
+    usage = CompletionUsage.of(prompt_tokens, completion_tokens, results[0].finish.cached_tokens)
     return ChatCompletion(id=completion_id, created=created, model=model.name, choices=choices, usage=usage)
 
 
@@ -122,49 +121,42 @@ async def stream_chunks(
     prompt_tokens: int,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """Merge the choices' event streams into one SSE stream of chat chunks, in arrival order."""
-    merged: asyncio.Queue[tuple[int, TokenEvent | FinishEvent]] = asyncio.Queue()
+    """The choices' events as chat chunks, one write per burst."""
     usage_field = {"usage": None} if include_usage else {}
+    remaining, completion_tokens, cached = len(streams), 0, 0
 
     def chunk(index: int, delta: dict, finish: str | None = None, logprobs: list | None = None) -> bytes:
         choice = {"index": index, "delta": delta, "logprobs": {"content": logprobs} if logprobs else None}
         return sse.event({**head, "choices": [{**choice, "finish_reason": finish}], **usage_field})
 
-    async def pump(index: int, stream: TextStream) -> None:
-        async for event in stream:
-            await merged.put((index, event))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    remaining, completion_tokens = len(streams), 0
     try:
-        for index in range(len(streams)):
-            yield chunk(index, {"role": "assistant", "content": ""})
-        while remaining:
-            index, event = await merged.get()
-            if isinstance(event, FinishEvent):
-                if event.reason == "error":
-                    yield sse.error_event(
-                        event.error or KilnError(event.message or "inference failed", code="inference_failed")
-                    )
-                    yield sse.DONE
-                    return
-                remaining -= 1
-                completion_tokens += event.completion_tokens
-                yield chunk(index, {}, FINISH.get(event.reason, event.reason))
-                continue
-            logprobs = [token_logprob(model, event)] if want_logprobs and event.token_id >= 0 else None
-            if event.text or logprobs:
-                yield chunk(index, {"content": event.text}, logprobs=logprobs)
-        if include_usage:
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
-            yield sse.event({**head, "choices": [], "usage": usage})
-        yield sse.DONE
+        yield b"".join(chunk(index, {"role": "assistant", "content": ""}) for index in range(len(streams)))
+        async for burst in merged_bursts(streams):
+            out: list[bytes] = []
+            for index, event in burst:
+                if isinstance(event, FinishEvent):
+                    if event.reason == "error":
+                        error = event.error or KilnError(event.message or "inference failed", code="inference_failed")
+                        yield b"".join([*out, sse.error_event(error), sse.DONE])
+                        return
+                    remaining -= 1
+                    completion_tokens += event.completion_tokens
+                    if index == 0:  # the choices share one prompt: usage counts it once
+                        cached = event.cached_tokens
+                    out.append(chunk(index, {}, FINISH.get(event.reason, event.reason)))
+                    continue
+                logprobs = [token_logprob(model, event)] if want_logprobs and event.token_id >= 0 else None
+                if event.text or logprobs:
+                    out.append(chunk(index, {"content": event.text}, logprobs=logprobs))
+            if not remaining:
+                if include_usage:
+                    usage = CompletionUsage.of(prompt_tokens, completion_tokens, cached).model_dump()
+                    out.append(sse.event({**head, "choices": [], "usage": usage}))
+                out.append(sse.DONE)
+            if out:
+                yield b"".join(out)
+            if not remaining:
+                return
     finally:
-        for task in tasks:
-            task.cancel()
         for stream in streams:
             stream.cancel()

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.context import caller_of, text_plane
+from service.api.openai.merge import merged_bursts
 from service.api.openai.protocol import (
     FINISH,
     Completion,
@@ -105,9 +106,8 @@ async def completions(body: CompletionRequest, request: Request):  # type: ignor
         reason = FINISH[done.finish.reason]
         choices.append(CompletionChoice(index=index, text=done.text, logprobs=logprobs, finish_reason=reason))
     completion_tokens = sum(done.finish.completion_tokens for done in results)
-    usage = CompletionUsage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-    )
+    cached = sum(done.finish.cached_tokens for done, (_, i) in zip(results, jobs, strict=True) if i == 0)
+    usage = CompletionUsage.of(prompt_tokens, completion_tokens, cached)
     return Completion(id=completion_id, created=created, model=model.name, choices=choices, usage=usage)
 
 
@@ -120,50 +120,44 @@ async def stream_chunks(
     prompt_tokens: int,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """Merge the choices' event streams into one SSE stream, in arrival order."""
-    merged: asyncio.Queue[tuple[int, TokenEvent | FinishEvent]] = asyncio.Queue()
-
-    async def pump(index: int, stream: TextStream) -> None:
-        async for event in stream:
-            await merged.put((index, event))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    """The choices' events as `text_completion` chunks, one write per burst (plain dicts: no
+    model validation per token)."""
+    head = {"id": completion_id, "object": "text_completion", "created": created, "model": model.name}
     builders = [LogProbBuilder(model) if body.logprobs is not None else None for _ in streams]
     remaining = len(streams)
-    completion_tokens = 0
+    completion_tokens = cached = 0
 
-    def chunk(choice: CompletionChoice) -> bytes:
-        return Completion(id=completion_id, created=created, model=model.name, choices=[choice]).sse()
+    def chunk(index: int, text: str, finish: str | None = None, logprobs: LogProbs | None = None) -> bytes:
+        choice = {"index": index, "text": text, "logprobs": logprobs.model_dump() if logprobs else None}
+        return sse.event({**head, "choices": [{**choice, "finish_reason": finish}]})
 
     try:
-        while remaining:
-            index, event = await merged.get()
-            if isinstance(event, FinishEvent):
-                if event.reason == "error":
-                    error = event.error or KilnError(event.message or "inference failed", code="inference_failed")
-                    yield sse.error_event(error)
-                    yield sse.DONE
-                    return
-                remaining -= 1
-                completion_tokens += event.completion_tokens
-                yield chunk(
-                    CompletionChoice(index=index, text="", finish_reason=FINISH.get(event.reason, event.reason))
-                )
-                continue
-            builder = builders[index]
-            logprobs = builder.add(event) if builder and event.token_id >= 0 else None
-            if event.text or logprobs:
-                yield chunk(CompletionChoice(index=index, text=event.text, logprobs=logprobs))
-        if include_usage:
-            usage = CompletionUsage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
-            yield Completion(id=completion_id, created=created, model=model.name, choices=[], usage=usage).sse()
-        yield sse.DONE
+        async for burst in merged_bursts(streams):
+            out: list[bytes] = []
+            for index, event in burst:
+                if isinstance(event, FinishEvent):
+                    if event.reason == "error":
+                        error = event.error or KilnError(event.message or "inference failed", code="inference_failed")
+                        yield b"".join([*out, sse.error_event(error), sse.DONE])
+                        return
+                    remaining -= 1
+                    completion_tokens += event.completion_tokens
+                    cached += event.cached_tokens if index % body.n == 0 else 0  # once per prompt, as usage counts
+                    out.append(chunk(index, "", FINISH.get(event.reason, event.reason)))
+                    continue
+                builder = builders[index]
+                logprobs = builder.add(event) if builder and event.token_id >= 0 else None
+                if event.text or logprobs:
+                    out.append(chunk(index, event.text, logprobs=logprobs))
+            if not remaining:
+                if include_usage:
+                    usage = CompletionUsage.of(prompt_tokens, completion_tokens, cached).model_dump()
+                    out.append(sse.event({**head, "choices": [], "usage": usage}))
+                out.append(sse.DONE)
+            if out:
+                yield b"".join(out)
+            if not remaining:
+                return
     finally:
-        for task in tasks:
-            task.cancel()
         for stream in streams:
             stream.cancel()

@@ -112,10 +112,24 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None = None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> CompletionUsage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        )
 
 
 class Completion(BaseModel):
@@ -126,6 +140,3 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: CompletionUsage | None = None
     system_fingerprint: str | None = None
-
-    def sse(self) -> bytes:
-        return f"data: {self.model_dump_json(exclude_none=False)}\n\n".encode()

@@ -66,7 +66,9 @@ function show(body, geometry) {
   $("image-stats").textContent =
     `${result.num_views} views · ${body.timings.total_ms.toFixed(1)} ms · ${result.width}×${result.height} px`;
   const cal = body.calibration;
-  $("calibration").textContent = cal ? `(calibrated: T = ${cal.temperature.toFixed(3)}, ${cal.pipeline})` : "(uncalibrated)";
+  $("calibration").textContent = cal && cal.calibrator && cal.calibrator !== "none"
+    ? `(calibrated: ${cal.calibrator}, ${cal.pipeline})`
+    : "(uncalibrated)";
   $("coverage").textContent = cal && cal.coverage_target ? `(${cal.method}, ${pct(cal.coverage_target)} coverage target)` : "";
   const top = $("top-labels");
   top.textContent = "";

@@ -1,4 +1,5 @@
 import json
+import math
 
 from export.train_demo.lm import train_demo_lm
 
@@ -15,3 +16,25 @@ def test_demo_training_is_deterministic_under_a_seed_and_logs_validation_loss(tm
     assert [e["step"] for e in log["log"]] == [0, 2, 3]
     assert all(e["val_loss"] > 0 for e in log["log"])
     assert not log["stopped_early"]
+
+
+HYBRID_TINY = {"hidden_size": 32, "layers": "mamba2,attention", "num_heads": 2, "num_kv_heads": 1, "mamba2_heads": 2}
+
+
+def test_hybrid_demo_trains_on_the_same_data_and_exports(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from export.checkpoint import load_checkpoint
+    from export.models.hybrid import HybridLM
+
+    kw = dict(steps=3, vocab_size=300, batch_size=2, seq_len=32, eval_every=2, model_overrides=HYBRID_TINY)
+    hybrid = train_demo_lm(tmp_path / "h", seed=7, arch="hybrid", **kw)
+    again = train_demo_lm(tmp_path / "h2", seed=7, arch="hybrid", **kw)
+    assert hybrid["arch"] == "hybrid" and hybrid["final_val_loss"] == again["final_val_loss"]
+    assert abs(hybrid["final_val_perplexity"] - math.exp(hybrid["final_val_loss"])) < 1e-9
+    ckpt = load_checkpoint(tmp_path / "h")
+    assert isinstance(ckpt.model, HybridLM) and ckpt.config.layer_kinds == ["mamba2", "attention"]
+    # The same tokenizer as the Llama demo under the same seed and vocabulary.
+    llama = train_demo_lm(
+        tmp_path / "l", seed=7, steps=1, vocab_size=300, batch_size=2, seq_len=32, model_overrides=TINY
+    )
+    assert (tmp_path / "h/tokenizer.json").read_bytes() == (tmp_path / "l/tokenizer.json").read_bytes()
+    assert llama["arch"] == "llama"

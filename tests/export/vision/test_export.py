@@ -23,11 +23,13 @@ def entry(tiny_vision_repo: Path) -> Path:
 
 
 def test_layout_and_manifest(entry: Path) -> None:
-    for f in ("config.pbtxt", "labels.txt", "1/model.onnx", "preprocess.json", "calibration.json", "kiln.json"):
+    files = ("config.pbtxt", "labels.txt", "1/model.onnx", "views.onnx", "preprocess.json", "calibration.json")
+    for f in (*files, "kiln.json"):
         assert (entry / f).is_file(), f
     manifest = json.loads((entry / "kiln.json").read_text())
     assert manifest["kind"] == "image-classification"
     assert manifest["preprocess"] == "preprocess.json" and manifest["calibration"] == "calibration.json"
+    assert manifest["views"] == "views.onnx"
     assert (entry / "labels.txt").read_text().split() == [str(i) for i in range(10)]
     assert not list(entry.parent.glob(".tiny-vit*")), "staging directory left behind"
 
@@ -60,12 +62,21 @@ def test_verification_fails_loudly_when_the_graph_disagrees(entry: Path, tiny_vi
 
 def test_calibration_and_report(entry: Path) -> None:
     cal = json.loads((entry / "calibration.json").read_text())
-    assert set(cal["temperature"]) == {"single", "multi", "multi_flip"}
-    assert all(0.05 <= t <= 20 for t in cal["temperature"].values())
+    assert cal["calibration_version"] == 2
+    assert set(cal["pipelines"]) == {"single", "multi", "multi_flip"}
     assert cal["conformal"]["method"] == "lac" and cal["conformal"]["alpha"] == pytest.approx(0.1)
-    assert all(0 < q <= 1 for q in cal["conformal"]["thresholds"].values())
-    report = json.loads((entry / "export_report.json").read_text())["calibration"]["pipelines"]
-    for r in report.values():
+    assert cal["conformal"]["k_reg"] >= 1 and cal["conformal"]["lambda"] > 0
+    for p in cal["pipelines"].values():
+        assert set(p["calibrators"]) == {"none", "temperature", "vector", "dirichlet", "isotonic", "beta"}
+        assert 0.02 <= p["calibrators"]["temperature"]["temperature"] <= 50
+        # The default is the validation-NLL winner, and the file says so.
+        scores = p["selection"]["scores"]
+        assert p["default"] == min(scores, key=scores.get) and p["selection"]["metric"] == "nll"
+        assert len(p["holdout"]["labels"]) == len(p["holdout"]["probs"]) == p["selection"]["validation_images"]
+        assert sum(p["reference"]["class_counts"]) == len(p["reference"]["confidences"]) == 48
+    report = json.loads((entry / "export_report.json").read_text())
+    assert report["views_graph"]["passed"] and report["views_graph"]["max_abs"] == 0
+    for r in report["calibration"]["pipelines"].values():
         assert set(r["ece_test"]) == {"before", "after"}
         assert 0 <= r["conformal"]["coverage"] <= 1 and 1 <= r["conformal"]["mean_set_size"] <= 10
 

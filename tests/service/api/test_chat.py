@@ -199,3 +199,32 @@ def test_a_default_template_serves_models_without_one(chat_repo) -> None:  # typ
             "/tokenize", json={"model": "tiny-llama", "messages": HELLO, "return_token_strs": True}
         ).json()["token_strs"]
         assert "".join(text).startswith("<|im_start|>system")
+
+
+def test_a_repeated_conversation_reports_its_cached_prefix(client: openai.OpenAI, app_client: TestClient) -> None:
+    messages = [{"role": "system", "content": "You are a terse assistant. " * 4}, {"role": "user", "content": "hi"}]
+    before = app_client.get("/metrics").text
+    first = client.chat.completions.create(model="tiny-qwen", messages=messages, max_tokens=4, temperature=0)
+    second = client.chat.completions.create(model="tiny-qwen", messages=messages, max_tokens=4, temperature=0)
+    assert second.choices[0].message.content == first.choices[0].message.content
+    assert second.usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens - 1
+    streamed = list(
+        client.chat.completions.create(
+            model="tiny-qwen",
+            messages=messages,
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert streamed[-1].usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens - 1
+    after = app_client.get("/metrics").text
+
+    def value(text: str, name: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(f'{name}{{model="tiny-qwen"}}')), None)
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    hits = value(after, "kiln_prefix_cache_hits_total") - value(before, "kiln_prefix_cache_hits_total")
+    queries = value(after, "kiln_prefix_cache_queries_total") - value(before, "kiln_prefix_cache_queries_total")
+    assert queries == 3 * second.usage.prompt_tokens and hits >= 2 * (second.usage.prompt_tokens - 1)

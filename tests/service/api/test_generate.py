@@ -140,3 +140,11 @@ def test_metrics_count_requests_tokens_and_latency(client: TestClient) -> None:
 def test_unknown_route_is_a_json_404_not_a_500(client: TestClient) -> None:
     r = client.get("/nope")
     assert r.status_code == 404
+
+
+def test_a_repeated_prompt_reports_its_cached_prefix(client: TestClient) -> None:
+    req = {"prompt": "import os\nimport sys\n" * 3, "max_new_tokens": 3, "temperature": 0}
+    first = client.post("/generate", json=req).json()
+    second = client.post("/generate", json=req).json()
+    assert second["text"] == first["text"]
+    assert second["timings"]["cached_tokens"] == second["usage"]["prompt_tokens"] - 1

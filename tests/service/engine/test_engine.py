@@ -163,7 +163,9 @@ def test_same_seed_same_sample_in_any_batch(tiny_lm_repo) -> None:
 
 
 def test_cancel_frees_the_slot_within_a_step(tiny_lm_repo) -> None:
-    _, runner, engine = make_engine(tiny_lm_repo, max_batch=2)
+    # 20 ms per step: the 100 tokens cannot all be done before the cancel lands (a tiny model
+    # would otherwise finish between the first token and the cancel on a fast, idle machine).
+    _, runner, engine = make_engine(tiny_lm_repo, max_batch=2, step_delay_s=0.02)
     engine.start()
     try:
         r, c = request(PROMPT, 100, ignore_eos=True)

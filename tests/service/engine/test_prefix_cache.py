@@ -33,6 +33,16 @@ def test_without_a_hit_an_empty_row_then_the_least_recently_used() -> None:
     assert cache.choose(range(0, 3), [9, 9], "").row == 0  # then the oldest entry
 
 
+def test_a_short_hit_takes_an_empty_row_and_keeps_the_long_entry() -> None:
+    cache = PrefixCache(3)
+    cache.retain(0, [1, *range(10, 40)], "")  # a long cached system prompt
+    choice = cache.choose(range(0, 3), [1, 2, 3], "")  # shares only BOS
+    assert choice.reuse == 0 and choice.row != 0 and cache.rows[0] is not None
+    cache.retain(1, [5], "")
+    cache.retain(2, [6], "")
+    assert cache.choose(range(0, 3), [1, 2, 3], "") == type(choice)(0, 1)  # no empty row: the hit it has
+
+
 def test_a_prefix_serves_only_its_tenant_unless_shared() -> None:
     private = PrefixCache(2)
     private.retain(0, [1, 2, 3, 4], "key-a")

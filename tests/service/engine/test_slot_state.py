@@ -29,6 +29,9 @@ EOS = 0
 class RecurrentToyRunner:
     """h ← (h · A + onehot-ish(token)) mod 1, logits peak at a token derived from h."""
 
+    prefix_reuse = "whole"  # a recurrent state: all of a finished row, or nothing
+    can_verify = False
+
     def __init__(self, max_batch: int, max_positions: int = 1_000_000) -> None:
         self.max_batch = max_batch
         self.max_seq_len = max_positions
@@ -72,6 +75,15 @@ class RecurrentToyRunner:
 
     def can_grow(self, row: int) -> bool:
         return self.state.can_grow(row)
+
+    def length(self, row: int) -> int:
+        return int(self.state.lengths[row])
+
+    def swap_rows(self, a: int, b: int) -> None:
+        self.state.swap_rows(a, b)
+
+    def truncate(self, row: int, positions: int) -> None:
+        self.state.truncate(row, positions)
 
 
 def reference(prompt: list[int], n: int) -> list[int]:
@@ -184,3 +196,26 @@ def test_slot_state_relayout_keeps_every_live_position() -> None:
         assert state.views["key.0"].shape == (3, 2, cap, 3)
         for r, data in rows.items():
             np.testing.assert_array_equal(state.views["key.0"][r, :, : data.shape[1]], data)
+
+
+def test_prefix_caching_over_a_recurrent_state_takes_whole_entries_only() -> None:
+    runner = RecurrentToyRunner(max_batch=3)
+    engine = GenerationEngine(
+        runner, decode=lambda ids: "", eos_token_ids=[EOS], vocab_size=VOCAB, max_queue=8, prefix_cache=True
+    )
+    engine.start()
+    try:
+        first = [1, 7, 8, 9]
+        out, _ = tokens_of(run(engine, first, 5))
+        held = [*first, *out[:-1]]  # what the finished row's state has absorbed
+        partial = [*first[:3], 40, 41]  # shares 3 tokens but not the whole entry: no reuse
+        got, fin = tokens_of(run(engine, partial, 6))
+        assert got == reference(partial, 6) and fin.cached_tokens == 0
+        continuing = [*held, 50, 51]  # starts with everything the entry holds: reused whole
+        got, fin = tokens_of(run(engine, continuing, 6))
+        assert got == reference(continuing, 6) and fin.cached_tokens == len(held)
+    finally:
+        engine.stop()
+    with pytest.raises(ValueError, match="cannot be rolled back"):
+        runner.state.lengths[0] = 5
+        runner.truncate(0, 3)

@@ -1,0 +1,66 @@
+"""Speculative decoding without a draft model: n-gram prompt lookup.
+
+As vLLM's `ngram` method and transformers' `prompt_lookup_num_tokens`: when a sequence's last
+n tokens occurred earlier in its prompt or output, the k tokens that followed them then are a
+cheap guess at what follows now (code that repeats names, edits that copy their input). One
+forward pass over the last token and the guess scores every position; the longest prefix of
+the guess that greedy decoding would have chosen is kept, plus the model's own next token, and
+the slot is rolled back past the rest. Greedy output is therefore exactly what plain decoding
+gives. Only greedy requests speculate (a sampled request would need the acceptance rule for
+its distribution); a sequence whose guesses keep failing stops guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    tokens: int = 4  # k: the most tokens guessed per step
+    ngram_max: int = 3  # the longest suffix looked up
+    ngram_min: int = 2  # the shortest (1 would match almost anything)
+    probe_steps: int = 8  # guesses judged before a sequence may give up
+    min_acceptance: float = 0.25  # below this share of guessed tokens accepted, it gives up
+
+
+def propose(tokens: list[int], config: SpecConfig) -> list[int]:
+    """The k tokens that followed the latest earlier occurrence of the longest matching suffix."""
+    arr = np.asarray(tokens, np.int64)
+    for n in range(config.ngram_max, config.ngram_min - 1, -1):
+        if len(arr) <= n:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(arr[:-1], n)  # every earlier n-gram
+        hits = np.flatnonzero((windows == arr[-n:]).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + n  # the latest occurrence: the most local context
+            return arr[start : start + config.tokens].tolist()
+    return []
+
+
+class Acceptance:
+    """One sequence's record: how much of what it guessed the model confirmed."""
+
+    def __init__(self, config: SpecConfig) -> None:
+        self.config = config
+        self.steps = self.proposed = self.accepted = 0
+
+    @property
+    def worthwhile(self) -> bool:
+        if self.steps < self.config.probe_steps:
+            return True
+        return self.accepted >= self.config.min_acceptance * self.proposed
+
+    def record(self, proposed: int, accepted: int) -> None:
+        self.steps += 1
+        self.proposed += proposed
+        self.accepted += accepted
+
+
+def accepted_prefix(logits: np.ndarray, draft: list[int]) -> int:
+    """How many leading draft tokens are greedy decoding's own choices (logits [len(draft)+1, V])."""
+    choices = np.argmax(logits[: len(draft)], axis=-1)
+    mismatch = np.flatnonzero(choices != np.asarray(draft))
+    return int(mismatch[0]) if mismatch.size else len(draft)

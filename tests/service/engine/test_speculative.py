@@ -1,0 +1,140 @@
+"""n-gram speculative decoding: greedy output is exactly plain decoding's, on both graph contracts
+(conftest), and speculation happens only where it can pay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contracts.manifest import TextManifest
+from service.backends.onnxruntime_lm import make_runner
+from service.engine.engine import GenerationEngine
+from service.engine.observer import EngineObserver
+from service.engine.sampling import SamplingParams
+from service.engine.speculative import Acceptance, SpecConfig, accepted_prefix, propose
+from tests.service.engine import test_engine
+from tests.service.engine.test_engine import request
+
+
+def test_propose_takes_what_followed_the_latest_longest_match() -> None:
+    cfg = SpecConfig(tokens=3, ngram_max=3, ngram_min=2)
+    assert propose([5, 6, 7, 8, 9, 1, 5, 6, 7], cfg) == [8, 9, 1]  # 3-gram (5, 6, 7) seen before
+    assert propose([1, 2, 3, 4, 1, 2, 9, 9, 1, 2], cfg) == [9, 9, 1]  # the latest (1, 2)
+    assert propose([1, 2, 3, 4], cfg) == []  # nothing repeats
+    assert propose([4, 1, 3, 1], cfg) == []  # a 1-gram match is below ngram_min
+    assert propose([7, 7, 7], SpecConfig(tokens=5, ngram_max=2, ngram_min=2)) == [7]  # what there is
+
+
+def test_the_accepted_prefix_is_where_greedy_first_disagrees() -> None:
+    logits = np.eye(6)[[3, 4, 5, 1]]  # greedy picks 3, 4, 5, then 1
+    assert accepted_prefix(logits, [3, 4, 0]) == 2
+    assert accepted_prefix(logits, [3, 4, 5]) == 3
+    assert accepted_prefix(logits, [2, 4, 5]) == 0
+
+
+def test_a_sequence_that_keeps_missing_gives_up() -> None:
+    record = Acceptance(SpecConfig(probe_steps=4, min_acceptance=0.5))
+    for _ in range(4):
+        assert record.worthwhile
+        record.record(4, 1)
+    assert not record.worthwhile
+
+
+class Counting(EngineObserver):
+    def __init__(self) -> None:
+        self.steps = self.proposed = self.accepted = 0
+
+    def speculation(self, model: str, proposed: int, accepted: int) -> None:
+        self.steps += 1
+        self.proposed += proposed
+        self.accepted += accepted
+
+
+def engine_for(repo, spec: SpecConfig | None, observer: EngineObserver | None = None, max_batch: int = 3):  # type: ignore[no-untyped-def]
+    manifest = TextManifest.read(next(repo.glob("*/kiln.json")).parent)
+    runner = make_runner(manifest, test_engine.GRAPH["variant"], max_batch=max_batch, max_seq_len=256, threads=1)
+    assert runner.can_verify  # both contracts score every position of a guess in one call
+    return GenerationEngine(
+        runner,
+        decode=lambda ids: "".join(f"<{i}>" for i in ids),
+        eos_token_ids=manifest.eos_token_ids,
+        vocab_size=manifest.vocab_size,
+        max_queue=8,
+        observer=observer,
+        speculative=spec,
+        prefix_cache=True,
+    )
+
+
+def run(engine, prompt, n, **kw):  # type: ignore[no-untyped-def]
+    req, collector = request(prompt, n, ignore_eos=True, **kw)
+    engine.submit(req)
+    return collector.wait()
+
+
+GROUNDED = [1, *([40, 41, 42, 43, 44, 45] * 4)]  # code that repeats itself: guesses get confirmed
+RANDOM = [1, *np.random.default_rng(9).integers(3, 300, size=24).tolist()]
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_lm_repo):  # type: ignore[no-untyped-def]
+    engine = engine_for(tiny_lm_repo, None)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.mark.parametrize("prompt", [GROUNDED, RANDOM], ids=["grounded", "open-ended"])
+def test_greedy_with_guesses_is_exactly_plain_greedy(tiny_lm_repo, plain, prompt) -> None:  # type: ignore[no-untyped-def]
+    observer = Counting()
+    engine = engine_for(tiny_lm_repo, SpecConfig(), observer)
+    engine.start()
+    try:
+        want, _ = run(plain, prompt, 60)
+        got, fin = run(engine, prompt, 60)
+        assert got == want and fin.completion_tokens == 60
+        assert observer.steps > 0 and observer.accepted > 0  # it really guessed, and was right sometimes
+        # And the slot it leaves behind is exact too: a follow-up that reuses it continues exactly.
+        follow = [*prompt, *got[:20]]
+        assert run(engine, follow, 10)[0] == run(plain, follow, 10)[0]
+    finally:
+        engine.stop()
+
+
+def test_limits_hold_inside_an_accepted_guess(tiny_lm_repo, plain) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_for(tiny_lm_repo, SpecConfig(tokens=8))
+    engine.start()
+    try:
+        for n in (1, 2, 5, 9):
+            got, fin = run(engine, GROUNDED, n)
+            assert len(got) == n == fin.completion_tokens and got == run(plain, GROUNDED, n)[0]
+    finally:
+        engine.stop()
+
+
+def test_no_guessing_in_a_batch_or_when_sampling(tiny_lm_repo) -> None:  # type: ignore[no-untyped-def]
+    observer = Counting()
+    engine = engine_for(tiny_lm_repo, SpecConfig(), observer)
+    engine.start()
+    try:
+        run(engine, GROUNDED, 20, sampling=SamplingParams(temperature=1.0, seed=1))
+        assert observer.steps == 0
+        reqs = [request(GROUNDED, 40, ignore_eos=True) for _ in range(2)]
+        for r, _ in reqs:
+            engine.submit(r)
+        for _, c in reqs:
+            c.wait()
+        assert observer.steps <= 2  # only around the moments one of them ran alone
+    finally:
+        engine.stop()
+
+
+def test_a_sequence_that_keeps_missing_stops_guessing(tiny_lm_repo, plain) -> None:  # type: ignore[no-untyped-def]
+    observer = Counting()
+    engine = engine_for(tiny_lm_repo, SpecConfig(probe_steps=3, min_acceptance=1.1), observer)  # never good enough
+    engine.start()
+    try:
+        got, _ = run(engine, GROUNDED, 60)
+        assert got == run(plain, GROUNDED, 60)[0] and observer.steps == 3
+    finally:
+        engine.stop()
