@@ -22,14 +22,15 @@ def options(args: argparse.Namespace) -> dict:
 
 
 def classify_local(args: argparse.Namespace, images: list[bytes]) -> dict:
-    from cli.textclient import pick_entry
+    from cli.textclient import pick_entry, quiet_onnxruntime
     from contracts.manifest import VisionManifest, read_manifest
-    from service.dataplane.vision import parse_params
+    from service.dataplane.vision import check_options, parse_params
     from service.metrics import Metrics
     from service.settings import Settings
     from service.vision.model import VisionModel, load_contract
 
     repository = Path(args.repository)
+    quiet_onnxruntime()
     manifest = read_manifest(pick_entry(repository, args.model, VisionManifest.kind))
     assert isinstance(manifest, VisionManifest)
     settings = Settings(model_repository=repository, classify_max_batch=32)
@@ -39,7 +40,8 @@ def classify_local(args: argparse.Namespace, images: list[bytes]) -> dict:
         fields = options(args)
         if model.calibration is None and fields["prediction_set"]:
             fields["prediction_set"] = False  # an uncalibrated model has no conformal threshold
-        return asyncio.run(model.classify(images, parse_params(fields).options(), protocol="cli"))
+        opts = check_options(model, parse_params(fields).options(), len(images))  # as the data plane does
+        return asyncio.run(model.classify(images, opts, protocol="cli"))
     finally:
         model.close()
 

@@ -15,10 +15,11 @@ from pathlib import Path
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from cli.textclient import pick_entry
+    from cli.textclient import pick_entry, quiet_onnxruntime
     from contracts.manifest import TextManifest, read_manifest
     from export.perplexity import variant_perplexity
 
+    quiet_onnxruntime()
     manifest = read_manifest(pick_entry(Path(args.repository), args.model, TextManifest.kind))
     assert isinstance(manifest, TextManifest)
     text = Path(args.text).read_text(encoding="utf-8")

@@ -165,6 +165,7 @@ class LocalText:
         from service.metrics import Metrics
         from service.settings import Settings
 
+        quiet_onnxruntime()
         entry = pick_entry(repository, name, TextManifest.kind)
         manifest = read_manifest(entry)
         assert isinstance(manifest, TextManifest)
@@ -201,6 +202,14 @@ class LocalText:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.model.close()
+
+
+def quiet_onnxruntime() -> None:
+    """ONNX Runtime's graph warnings (e.g. an initializer listed as an input) are for whoever
+    exported the graph, not for someone typing prompts: errors only, in the CLI."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
 
 
 def pick_entry(repository: Path, name: str | None, kind: str) -> Path:
