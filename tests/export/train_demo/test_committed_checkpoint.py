@@ -11,7 +11,7 @@ import pytest
 from export.train_demo.corpus import load_corpus
 from export.train_demo.lm import train_demo_lm
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # 640 training steps: ~5 quiet minutes
 
 COMMITTED = Path(__file__).resolve().parents[3] / "checkpoints" / "demo-lm"
 
