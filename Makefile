@@ -7,6 +7,11 @@ KILN := $(VENV)/bin/kiln
 REPO ?= model_repository
 CKPT_LM ?= checkpoints/demo-lm
 CKPT_VISION ?= checkpoints/demo-vision
+CKPT_HYBRID ?= checkpoints/demo-hybrid
+# Which demo models `make models` / `make export` / `make serve` build: any of lm, vision, hybrid
+# (the Mamba-2 / attention hybrid of docs/hybrid.md, served beside the others:
+# `make serve DEMOS="lm vision hybrid"`; its training takes longer than the Llama demo's).
+DEMOS ?= lm vision
 TRAIN_STEPS ?= 640
 VISION_STEPS ?= 1500
 PYTEST_ARGS ?=
@@ -16,10 +21,20 @@ TARGET ?= inprocess
 TENSORRT ?=
 EXPORT_OUT_inprocess := $(REPO)/demo-lm/kiln.json
 EXPORT_OUT_triton := $(REPO)/demo-lm-triton/config.pbtxt
+DEMO_CKPT_lm := $(CKPT_LM)/model.safetensors
+DEMO_CKPT_vision := $(CKPT_VISION)/model.safetensors
+DEMO_CKPT_hybrid := $(CKPT_HYBRID)/model.safetensors
+DEMO_ENTRY_lm := $(EXPORT_OUT_$(strip $(TARGET)))
+DEMO_ENTRY_vision := $(REPO)/demo-vit/kiln.json
+DEMO_ENTRY_hybrid := $(REPO)/demo-hybrid/kiln.json
+UNKNOWN_DEMOS := $(filter-out lm vision hybrid,$(DEMOS))
+ifneq ($(UNKNOWN_DEMOS),)
+$(error DEMOS: unknown demo model(s) $(UNKNOWN_DEMOS); choose from lm vision hybrid)
+endif
 
 PORT ?= 8000
 
-.PHONY: install models export serve vision-background browser-tools test lint bench bench-generate bench-classify eval clean proto triton-tools loadtest deploy-tools
+.PHONY: install models export serve background-demos browser-tools test lint bench bench-generate bench-classify bench-context eval clean proto triton-tools loadtest deploy-tools
 
 install: $(VENV)/.installed
 
@@ -30,7 +45,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[export,dev]'
 	touch $@
 
-models: install $(CKPT_LM)/model.safetensors $(CKPT_VISION)/model.safetensors
+models: install $(foreach demo,$(DEMOS),$(DEMO_CKPT_$(demo)))
 
 # Committed (7.9 MB): a fresh clone skips training. Delete it to retrain (~7 idle CPU minutes);
 # tests/export/train_demo/test_committed_checkpoint.py checks the retrain reproduces it byte for byte.
@@ -41,7 +56,10 @@ $(CKPT_LM)/model.safetensors:
 $(CKPT_VISION)/model.safetensors:
 	$(KILN) train-demo --task vision --out $(CKPT_VISION) --steps $(VISION_STEPS)
 
-export: models $(EXPORT_OUT_$(strip $(TARGET))) $(REPO)/demo-vit/kiln.json
+$(CKPT_HYBRID)/model.safetensors:
+	$(KILN) train-demo --arch hybrid --out $(CKPT_HYBRID) --steps $(TRAIN_STEPS)
+
+export: models $(foreach demo,$(DEMOS),$(DEMO_ENTRY_$(demo)))
 
 # The manifest's contract is a prerequisite: a Kiln that reads a new manifest version re-exports.
 $(REPO)/demo-lm/kiln.json: $(CKPT_LM)/model.safetensors contracts/manifest.py
@@ -51,6 +69,9 @@ $(REPO)/demo-lm-triton/config.pbtxt: $(CKPT_LM)/model.safetensors
 	$(KILN) export --checkpoint $(CKPT_LM) --repository $(REPO) --name demo-lm --target triton \
 		$(if $(strip $(TENSORRT)),--tensorrt)
 
+$(REPO)/demo-hybrid/kiln.json: $(CKPT_HYBRID)/model.safetensors contracts/manifest.py
+	$(KILN) export --checkpoint $(CKPT_HYBRID) --repository $(REPO) --name demo-hybrid --target $(TARGET)
+
 $(REPO)/demo-vit/kiln.json: $(CKPT_VISION)/model.safetensors contracts/manifest.py
 	$(KILN) export --checkpoint $(CKPT_VISION) --repository $(REPO) --name demo-vit
 
@@ -58,21 +79,32 @@ $(REPO)/demo-vit/kiln.json: $(CKPT_VISION)/model.safetensors contracts/manifest.
 eval: install $(REPO)/demo-vit/kiln.json
 	$(PY) -m export.vision.evaluate --repository $(REPO) --name demo-vit --out docs/vision.md
 
-# The gateway starts as soon as the LM is exported; the classifier is built in the background and
-# served the moment its entry appears (the registry's watcher). Until then /classify answers 503
-# `model_unavailable` and /readyz lists demo-vit as `loading` (the `.pending` marker, service/registry.py).
-serve: install $(REPO)/demo-lm/kiln.json vision-background
+# The gateway starts as soon as the LM is exported; the other demos in DEMOS (the classifier; the
+# hybrid LM if asked for) are built one after the other in the background and served the moment
+# their entries appear (the registry's watcher). Until then their requests answer 503
+# `model_unavailable` and /readyz lists them as `loading` (`<name>.pending`, service/registry.py).
+serve: install $(REPO)/demo-lm/kiln.json background-demos
 	KILN_MODEL_REPOSITORY=$(REPO) KILN_PORT=$(PORT) $(KILN) serve
 
-PENDING_VISION := $(REPO)/demo-vit.pending
-vision-background: install
-	@if $(MAKE) -q --no-print-directory $(REPO)/demo-vit/kiln.json >/dev/null 2>&1; then exit 0; fi; \
-	mkdir -p $(REPO) runs; : > $(PENDING_VISION); \
-	echo "demo classifier: training and exporting in the background (runs/demo-vit-build.log)"; \
-	( trap 'rm -f $(PENDING_VISION); exit 130' INT TERM; \
-	  if $(MAKE) --no-print-directory $(REPO)/demo-vit/kiln.json > runs/demo-vit-build.log 2>&1; \
-	  then rm -f $(PENDING_VISION); \
-	  else echo "the build failed: see runs/demo-vit-build.log" > $(PENDING_VISION); fi ) &
+DEMO_NAME_vision := demo-vit
+DEMO_NAME_hybrid := demo-hybrid
+# A shell loop, not a parse-time $(shell $(MAKE) -q ...): that would re-run in every sub-make.
+background-demos: install
+	@mkdir -p $(REPO) runs; todo=""; \
+	for demo in $(filter-out lm,$(DEMOS)); do \
+	  case $$demo in vision) entry=$(DEMO_ENTRY_vision); name=$(DEMO_NAME_vision);; \
+	                 hybrid) entry=$(DEMO_ENTRY_hybrid); name=$(DEMO_NAME_hybrid);; esac; \
+	  $(MAKE) -q --no-print-directory $$entry >/dev/null 2>&1 && continue; \
+	  : > $(REPO)/$$name.pending; todo="$$todo $$demo:$$entry:$$name"; \
+	done; \
+	[ -z "$$todo" ] && exit 0; \
+	echo "building$$(for t in $$todo; do printf ' %s' $${t##*:}; done) in the background (runs/<name>-build.log)"; \
+	( trap 'for t in $$todo; do rm -f $(REPO)/$${t##*:}.pending; done; exit 130' INT TERM; \
+	  for t in $$todo; do entry=$${t#*:}; entry=$${entry%:*}; name=$${t##*:}; \
+	    if $(MAKE) --no-print-directory $$entry > runs/$$name-build.log 2>&1; \
+	    then rm -f $(REPO)/$$name.pending; \
+	    else echo "the build failed: see runs/$$name-build.log" > $(REPO)/$$name.pending; fi; \
+	  done ) &
 
 # Offline deployment checkers for tests/deploy (kubectl, kubernetes-validate, hadolint, promtool, buildah...).
 deploy-tools: install
@@ -106,7 +138,7 @@ lint: install
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
-bench: bench-generate bench-classify
+bench: bench-generate bench-classify bench-context
 
 bench-generate: install
 	$(PY) -m pip install -q -e '.[export,dev,bench]'
@@ -114,6 +146,10 @@ bench-generate: install
 
 loadtest: export
 	$(PY) loadtests/run_load.py --repository $(REPO) --model demo-lm --classifier demo-vit --out-dir runs/load --doc docs/load.md
+
+# Decode ms per step against context length (64-2048) for Mamba, a hybrid and Llama -> docs/benchmarks.md
+bench-context: install
+	$(PY) loadtests/bench_context.py --out docs/benchmarks.md
 
 bench-classify: install $(REPO)/demo-vit/kiln.json
 	$(PY) loadtests/bench_classify.py --repository $(REPO) --name demo-vit --checkpoint $(CKPT_VISION) --out docs/vision.md

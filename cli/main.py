@@ -65,6 +65,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(json.dumps(report["summary"], indent=2, default=str)[:4000])
         return
     from export.pipeline import export_checkpoint
+    from export.quant.config import from_args
 
     report = export_checkpoint(
         Path(args.checkpoint),
@@ -74,6 +75,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         target=args.target,
         tensorrt=args.tensorrt,
         fp16=args.fp16,
+        quant=from_args(args),  # a bad flag or a missed perplexity budget: one line, like every error
     )
     print(json.dumps(report.get("summary", report), indent=2, default=str)[:4000])
     if "triton" in report:
@@ -101,6 +103,8 @@ def cmd_demo_scene(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from export.quant.config import add_arguments as add_quant_arguments  # torch-free
+
     parser = argparse.ArgumentParser(prog="kiln", description="Kiln: export and serve models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", help="classifiers: a weights file other than model.safetensors (.safetensors or .pth)")
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--name", help=f"default {DEMO_LM_NAME}, {DEMO_VISION_NAME} or the checkpoint's directory name")
-    p.add_argument("--fp32-only", action="store_true", help="skip the optimized and INT8 variants")
+    p.add_argument("--fp32-only", action="store_true", help="skip the optimized, int8 and int4 variants")
     p.add_argument(
         "--target",
         choices=("inprocess", "triton"),
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tensorrt", action="store_true", help="also build a verified TensorRT engine (needs CUDA)")
     p.add_argument("--fp16", action="store_true", help="with --tensorrt: allow FP16 kernels")
+    add_quant_arguments(p)
     p.set_defaults(func=cmd_export)
 
     for module in (generate, evaluate, classify):  # one module per newer command

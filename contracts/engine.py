@@ -13,7 +13,7 @@ from typing import Literal
 
 PREFIX = "KILN_"
 Speculative = Literal["off", "ngram"]
-Variant = Literal["fused", "fp32", "optimized", "int8"]  # the exported graphs a text model can run
+Variant = Literal["fused", "fp32", "optimized", "int8", "int4"]  # the exported graphs a text model can run
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ layer so a runner can allocate state without knowing the architecture:
 
 written through `contracts.manifest.TextManifest` (manifest v2) like every text entry.
 
-No INT8/optimized variants, fused graph, Triton entry or TensorRT engine are built for these
-models yet; asking for Triton or TensorRT is refused rather than skipped silently.
+target="triton" also writes `<name>-triton/`, the decoupled python-backend model running Kiln's
+engine (and so the hybrid runner) inside Triton, as for attention decoders. No INT8/optimized
+variants, fused graph or TensorRT engine are built for these models yet; asking for TensorRT is
+refused rather than skipped silently.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ import numpy as np
 import onnxruntime as ort
 
 from contracts.manifest import HYBRID, LayerState, TextManifest
-from export.chat import special_tokens
+from contracts.triton import triton_lm_name
+from export.chat import TEMPLATE_FILE, find_chat_template, special_tokens
 from export.checkpoint import Checkpoint
 from export.hybrid_graph import export_hybrid_onnx, input_names, output_names
 from export.models.hybrid import HybridLM
 from export.onnx_export import toolchain_versions
-from export.triton_repo import staged_entry
+from export.triton_repo import staged_entry, write_lm_python_entry
 from export.variants import token_windows
 from export.verify_hybrid import verify_against_transformers, verify_hybrid
 
@@ -86,8 +89,8 @@ def export_hybrid_checkpoint(
     target: str = "inprocess",
     tensorrt: bool = False,
 ) -> dict:
-    if target != "inprocess":
-        raise ValueError(f"target={target!r}: state-space/hybrid models export for the in-process runtime only")
+    if target not in ("inprocess", "triton"):
+        raise ValueError(f"unknown export target {target!r} (inprocess or triton)")
     if tensorrt:
         raise ValueError("--tensorrt: no TensorRT engine is built for state-space/hybrid models yet")
     started = time.perf_counter()
@@ -128,7 +131,17 @@ def export_hybrid_checkpoint(
         report["size_bytes"] = {"fp32": prefill.stat().st_size, "fp32_decode": decode.stat().st_size}
 
         ckpt.tokenizer.save(str(staging / "tokenizer.json"))
-        manifest = hybrid_manifest(model, name, ckpt.add_bos, special_tokens(ckpt.path, ckpt.source))
+        template = find_chat_template(ckpt.path, ckpt.source)
+        if template is not None:
+            (staging / TEMPLATE_FILE).write_text(template)
+        manifest = hybrid_manifest(
+            model,
+            name,
+            ckpt.add_bos,
+            special_tokens(ckpt.path, ckpt.source),
+            chat_template=TEMPLATE_FILE if template is not None else None,
+            triton_model=triton_lm_name(name) if target == "triton" else None,
+        )
         manifest.write(staging)
         report["timings_s"]["total"] = time.perf_counter() - started
         report["summary"] = {
@@ -141,10 +154,20 @@ def export_hybrid_checkpoint(
             "size_mb": {k: round(v / 2**20, 2) for k, v in report["size_bytes"].items()},
         }
         (staging / "export_report.json").write_text(json.dumps(report, indent=2, default=str))
+    if target == "triton":
+        entry = write_lm_python_entry(repository / name, repository)
+        report["triton"] = {"model": entry.name, "path": str(entry)}
     return report
 
 
-def hybrid_manifest(model: HybridLM, name: str, add_bos: bool, special: dict[str, str] | None = None) -> TextManifest:
+def hybrid_manifest(
+    model: HybridLM,
+    name: str,
+    add_bos: bool,
+    special: dict[str, str] | None = None,
+    chat_template: str | None = None,
+    triton_model: str | None = None,
+) -> TextManifest:
     from export.pipeline import GENERATION_DEFAULTS
 
     cfg = model.config
@@ -162,6 +185,8 @@ def hybrid_manifest(model: HybridLM, name: str, add_bos: bool, special: dict[str
         add_bos=add_bos,
         generation_defaults=GENERATION_DEFAULTS,
         special_tokens=dict(special or {}),
+        chat_template=chat_template,
+        triton_model=triton_model,
         architecture={
             "family": "hybrid",
             "layers": cfg.layer_kinds,

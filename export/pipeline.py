@@ -21,8 +21,11 @@ from export.hybrid_pipeline import export_hybrid_checkpoint
 from export.models.hybrid import HybridLM
 from export.onnx_export import export_lm_onnx, toolchain_versions
 from export.progress import bar
+from export.quant.config import QuantConfig
+from export.quant.variants import FILES as QUANT_FILES
+from export.quant.variants import build_quantized_variants
 from export.triton_repo import lm_onnx_config, staged_entry, write_config, write_lm_python_entry
-from export.variants import optimize_offline, perplexity, quantize_int8, token_windows
+from export.variants import optimize_offline, perplexity, token_windows
 from export.verify import verify_fused_lm, verify_lm
 
 VERSION_DIR = "1"
@@ -30,7 +33,7 @@ FILES = {
     "fp32": "1/model.onnx",
     "fused": "1/model.fused.onnx",
     "optimized": "1/model.opt.onnx",
-    "int8": "1/model.int8.onnx",
+    **QUANT_FILES,  # weight-only MatMulNBits variants of the fused graph (export/quant/)
 }
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
 
@@ -46,6 +49,8 @@ def export_checkpoint(
     target: str = "inprocess",
     tensorrt: bool = False,
     fp16: bool = False,
+    quant: QuantConfig | None = None,
+    calib_texts: Sequence[str] | None = None,
 ) -> dict:
     """Export, verify and write `repository/name`; returns the export report (also saved as JSON).
 
@@ -54,6 +59,11 @@ def export_checkpoint(
     TensorRT engine from the fp32 graph when TensorRT and a CUDA GPU are present, and records
     why it was skipped otherwise. Mamba / hybrid checkpoints go to export/hybrid_pipeline.py
     (fp32 prefill + decode graphs; `variants` does not apply).
+
+    variants=True also writes the weight-only quantized fused graphs `int8` and `int4`
+    (export/quant/, settings in `quant`; GPTQ calibrates on `calib_texts`, by default the demo
+    corpus' training split) and fails when either costs more perplexity than its budget. A model
+    without a fused graph gets none (the report says why).
     """
     if target not in ("inprocess", "triton"):
         raise ValueError(f"unknown export target {target!r} (inprocess or triton)")
@@ -100,10 +110,7 @@ def export_checkpoint(
         if variants:
             opt = optimize_offline(fp32, staging / FILES["optimized"])
             report["verification"]["optimized"] = verify_lm(model, opt, tolerance)
-            int8 = quantize_int8(fp32, staging / FILES["int8"])
-            # INT8 is not expected to match fp32 to 1e-4: its cost is reported as perplexity.
-            report["verification"]["int8"] = verify_lm(model, int8, tolerance, raise_on_fail=False)
-            produced.update(optimized=opt, int8=int8)
+            produced["optimized"] = opt
         report["timings_s"]["verify"] = time.perf_counter() - t
         stages.update()
 
@@ -118,12 +125,25 @@ def export_checkpoint(
         for variant, path in produced.items():  # standard-contract graphs (fused: verified above)
             report["perplexity"][variant] = perplexity(path, windows, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
             report["size_bytes"][variant] = path.stat().st_size
-        if "int8" in report["perplexity"]:
-            report["int8_perplexity_increase_pct"] = 100 * (
-                report["perplexity"]["int8"] / report["perplexity"]["fp32"] - 1
-            )
         report["timings_s"]["perplexity"] = time.perf_counter() - t
         stages.update()
+
+        t = time.perf_counter()
+        quantized: dict[str, Path] = {}
+        if variants and no_fused:
+            report["quantization"] = {"skipped": f"the quantized variants are fused graphs: {no_fused}"}
+        elif variants:
+            quantized, report["quantization"] = build_quantized_variants(
+                ckpt, fused, staging, quant or QuantConfig(), windows, calib_texts, tolerance
+            )
+            quality = report["quantization"]["quality"]
+            report["perplexity"]["fused"] = quality["fp32"]["perplexity"]
+            for variant, path in quantized.items():  # fused contract, measured decoding (export/quant/quality.py)
+                report["perplexity"][variant] = quality[variant]["perplexity"]
+                report["size_bytes"][variant] = path.stat().st_size
+                report["verification"][variant] = report["quantization"]["variants"][variant]["verification"]["exact"]
+                report[f"{variant}_perplexity_increase_pct"] = report["quantization"]["budget"][variant]["increase_pct"]
+            report["timings_s"]["quantize"] = time.perf_counter() - t
 
         ckpt.tokenizer.save(str(staging / "tokenizer.json"))
         template = find_chat_template(checkpoint, ckpt.source)
@@ -131,8 +151,12 @@ def export_checkpoint(
             (staging / TEMPLATE_FILE).write_text(template)
         manifest = TextManifest(
             name=name,
-            files={k: FILES[k] for k in [*produced, *([] if no_fused else ["fused"])]},
-            graphs={**{k: STANDARD for k in produced}, **({} if no_fused else {"fused": GQA})},
+            files={k: FILES[k] for k in [*produced, *([] if no_fused else ["fused"]), *quantized]},
+            graphs={
+                **{k: STANDARD for k in produced},
+                **({} if no_fused else {"fused": GQA}),
+                **dict.fromkeys(quantized, GQA),
+            },
             state=attention_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim),
             vocab_size=cfg.vocab_size,
             max_position_embeddings=cfg.max_position_embeddings,

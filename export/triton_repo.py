@@ -112,16 +112,17 @@ def write_lm_python_entry(entry: Path, repository: Path, parameters: dict[str, s
         version = staging / "1"
         lm = version / "lm"
         lm.mkdir(parents=True)
-        files: dict[str, str] = {}
-        for variant, rel in manifest.files.items():
-            target = lm / Path(rel).name
-            _link_or_copy(entry / rel, target)
-            weights = (entry / rel).with_name(Path(rel).name + ".data")  # external data of a >2 GB graph
-            if weights.exists():
-                _link_or_copy(weights, lm / weights.name)
-            files[variant] = target.name
+        files = {variant: _link_graph(entry / rel, lm) for variant, rel in manifest.files.items()}
+        decode_files = {variant: _link_graph(entry / rel, lm) for variant, rel in manifest.decode_files.items()}
         _link_or_copy(manifest.path(manifest.tokenizer), lm / "tokenizer.json")
-        replace(manifest, files=files, tokenizer="tokenizer.json", triton_model=None, chat_template=None).write(lm)
+        replace(
+            manifest,
+            files=files,
+            decode_files=decode_files,
+            tokenizer="tokenizer.json",
+            triton_model=None,
+            chat_template=None,
+        ).write(lm)
         for module in vendored_files():
             dst = version / "kiln_vendor" / module
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,15 @@ def write_lm_python_entry(entry: Path, repository: Path, parameters: dict[str, s
         shutil.copyfile(LM_MODEL_PY, version / "model.py")
         write_config(staging, lm_python_config(name, parameters))
     return repository / name
+
+
+def _link_graph(graph: Path, directory: Path) -> str:
+    """Link one ONNX graph (and its external data, for a >2 GB graph) into `directory`; its name."""
+    _link_or_copy(graph, directory / graph.name)
+    weights = graph.with_name(graph.name + ".data")
+    if weights.exists():
+        _link_or_copy(weights, directory / weights.name)
+    return graph.name
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

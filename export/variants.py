@@ -1,6 +1,6 @@
-"""Derived graphs (ONNX Runtime offline optimization, INT8 dynamic quantization) and the
-quality yardstick they are judged by: validation perplexity, measured with ONNX Runtime on
-exactly the graph that will be served.
+"""Derived standard-contract graphs (ONNX Runtime offline optimization) and the quality
+yardstick they are judged by: validation perplexity, measured with ONNX Runtime on exactly the
+graph that will be served. The quantized variants are fused graphs: export/quant/.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer
 
 
@@ -22,12 +21,6 @@ def optimize_offline(src: Path, dst: Path) -> Path:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(dst)
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-    return dst
-
-
-def quantize_int8(src: Path, dst: Path) -> Path:
-    """Dynamic quantization: INT8 weights for MatMul/Gather, activations quantized per call."""
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"])
     return dst
 
 

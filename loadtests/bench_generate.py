@@ -9,6 +9,7 @@ side, every case on 2 threads with a 32-token prompt, 128 new tokens, greedy, EO
   ort-genai      onnxruntime-genai (model builder, fp32, CPU), batch 1 and 8
   kiln           Kiln's GenerationEngine + ONNX Runtime runner (fused graph) in-process, 1 and 8 sequences
   kiln-http      a real `kiln serve` subprocess with N = 1, 8, 32 concurrent streaming clients
+  kiln-int8, kiln-int4, ort-genai-int4   the weight-only quantized peers (loadtests/bench_quant.py)
 
 Each backend runs in its own worker process (so one runtime's idle thread pool never competes with
 another's), with a warm-up first. Cases are interleaved over `--repeats` rounds and each case
@@ -29,6 +30,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -44,14 +46,50 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_quant import BACKENDS as QUANT_BACKENDS  # noqa: E402 - this script's own folder
+from bench_quant import prepare as prepare_quant  # noqa: E402
+from bench_quant import workers as quant_workers  # noqa: E402
+
 VOCAB = 32000
 MODELS = {
-    # name: hidden, layers, heads, intermediate (all: vocab 32000, kv heads = heads, untied head)
+    # name: hidden, layers, heads, intermediate (all: vocab 32000; Llama unless `family` says
+    # otherwise, kv heads = heads and an untied head unless set)
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
     "30M": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=1376),
     "110M": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048),
+    # Qwen2-shaped (issue 12): q/k/v biases (Qwen2's own), grouped kv heads, tied embedding
+    "qwen2-110M": dict(
+        family="qwen2",
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        intermediate_size=2048,
+        tie_word_embeddings=True,
+    ),
+    "qwen2-tiny": dict(
+        family="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        tie_word_embeddings=True,
+    ),
 }
-BACKENDS = ("transformers", "ort-genai", "kiln", "kiln-http")
+FAMILIES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+
+
+def shape_of(name: str) -> tuple[str, dict]:
+    """(family, the transformers config's keyword arguments) of a benchmark model."""
+    spec = dict(MODELS[name])
+    family = spec.pop("family", "llama")
+    spec.setdefault("num_key_value_heads", spec["num_attention_heads"])
+    spec.setdefault("tie_word_embeddings", False)
+    return family, spec
+
+
+BACKENDS = ("transformers", "ort-genai", "kiln", "kiln-http", *QUANT_BACKENDS)
 BOS, EOS, PAD = 1, 2, 0
 
 
@@ -79,20 +117,26 @@ def prepare_model(name: str, workdir: Path, threads: int, ort_genai: bool = True
     kiln_name = f"bench-{name.lower()}"
     if not (hf / "model.safetensors").exists():
         import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
+        import transformers
 
-        cfg = LlamaConfig(
+        family, spec = shape_of(name)
+        config_cls, model_cls = (getattr(transformers, n) for n in FAMILIES[family])
+        cfg = config_cls(
             vocab_size=VOCAB,
-            num_key_value_heads=MODELS[name]["num_attention_heads"],
             max_position_embeddings=2048,
             bos_token_id=BOS,
             eos_token_id=EOS,
             pad_token_id=PAD,
-            tie_word_embeddings=False,
-            **MODELS[name],
+            **spec,
         )
         torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg).to(torch.float32).eval()
+        model = model_cls(cfg).to(torch.float32).eval()
+        if family == "qwen2":  # transformers initialises biases to zero: give q/k/v biases real values
+            gen = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for pname, p in model.named_parameters():
+                    if pname.endswith("proj.bias"):
+                        p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
         hf.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(hf)
         shutil.copy(tokenizer_file(workdir), hf / "tokenizer.json")
@@ -141,9 +185,11 @@ def prepare_model(name: str, workdir: Path, threads: int, ort_genai: bool = True
         "kiln_model": str(repo / kiln_name),
         "ort_genai": str(og_dir),
         "params": params,
-        # A decode step reads every weight once except the embedding table (one row per token).
-        "step_weight_bytes": (params - embed) * 4,
-        **MODELS[name],
+        # A decode step reads every weight once except the embedding table (one row per token),
+        # unless the head is that table (tied: stored once, read whole by the head).
+        "step_weight_bytes": (params - (0 if shape_of(name)[1]["tie_word_embeddings"] else embed)) * 4,
+        "family": shape_of(name)[0],
+        **shape_of(name)[1],
     }
 
 
@@ -415,6 +461,7 @@ WORKERS = {
     "kiln": worker_kiln,
     "kiln-http": worker_http,
     "profile": worker_profile,
+    **quant_workers(worker_kiln, worker_ort_genai),
 }
 
 
@@ -500,6 +547,15 @@ def measure_bandwidth(threads: int, mib: int = 256, reps: int = 5) -> dict:
     return {"read_gbs": arr.nbytes / best_read / 1e9, "copy_gbs": 2 * arr.nbytes / best_copy / 1e9, "mib": mib}
 
 
+def kept_sections(doc: Path) -> str:
+    """The sections other benchmarks wrote into the same page (a heading, then `<!-- bench-x:begin
+    -->` ... `<!-- bench-x:end -->`, e.g. loadtests/bench_context.py's), carried over unchanged."""
+    if not doc.exists():
+        return ""
+    pattern = r"(?:## [^\n]*\n+)?<!-- (bench-[\w-]+):begin -->.*?<!-- \1:end -->"
+    return "".join("\n\n" + m.group(0) for m in re.finditer(pattern, doc.read_text(), re.S))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -532,8 +588,9 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
         "# Generation benchmark",
         "",
         "Generated by `make bench-generate` (`loadtests/bench_generate.py`, issue 3): every number below comes "
-        "from the run recorded here, never typed by hand. Random-weight Hugging Face Llama checkpoints (fp32, "
-        "vocab 32000, untied LM head) are built by the script; Kiln serves the same weights through "
+        "from the run recorded here, never typed by hand. Random-weight Hugging Face checkpoints (fp32, "
+        "vocab 32000; Llama with an untied LM head, and a Qwen2 shape with q/k/v biases and a tied embedding, "
+        "each model's heading says which) are built by the script; Kiln serves the same weights through "
         "`kiln export`, onnxruntime-genai through its model builder. "
         f"Prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, greedy, EOS ignored, "
         f"{args.threads} threads for every case.",
@@ -544,7 +601,8 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
         "- **TPOT**: gaps between consecutive tokens of a sequence, over all sequences (p50/p99).",
         "- **BW share**: decode rate of one sequence (1 / TPOT p50) ÷ the bandwidth bound "
         "(memory read bandwidth ÷ bytes of weights read per decode step) — how close a decode step comes "
-        "to the time needed just to stream the weights once.",
+        "to the time needed just to stream the weights once (quantized cases: the bytes their own decode step "
+        "reads, packed codes and scales included).",
         "- **slow gaps at a prefill**: of the slowest 1% of token gaps, the share during which another "
         "sequence received its first token (the engine paused decoding to prefill a newcomer).",
         "- **agree**: tokens of sequence 0 equal to transformers' greedy output (common prefix); random "
@@ -571,8 +629,12 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
         res = results[name]
         bound = bw["read_gbs"] * 1e9 / model["step_weight_bytes"]
         lines += [
-            f"## {name}: hidden {model['hidden_size']}, {model['num_hidden_layers']} layers, "
-            f"{model['num_attention_heads']} heads, intermediate {model['intermediate_size']}, vocab {VOCAB}",
+            f"## {name}: {model.get('family', 'llama')}, hidden {model['hidden_size']}, "
+            f"{model['num_hidden_layers']} layers, {model['num_attention_heads']} heads "
+            f"({model.get('num_key_value_heads', model['num_attention_heads'])} kv), "
+            f"intermediate {model['intermediate_size']}, vocab {VOCAB}"
+            + (", tied embedding" if model.get("tie_word_embeddings") else "")
+            + (", q/k/v biases" if model.get("family") == "qwen2" else ""),
             "",
             f"{model['params'] / 1e6:.1f} M parameters; {model['step_weight_bytes'] / 2**20:.1f} MiB of weights "
             f"read per decode step; **bandwidth bound {bound:.1f} tok/s per sequence** "
@@ -584,8 +646,9 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
         ]
         ref = {r["batch"]: r for r in res.get("transformers", [])}
         for backend in BACKENDS:
+            case_bound = bw["read_gbs"] * 1e9 / model.get("step_bytes", {}).get(backend, model["step_weight_bytes"])
             for r in res.get(backend, []):
-                share = (1000 / r["tpot_p50"]) / bound if r["tpot_p50"] > 0 else float("nan")
+                share = (1000 / r["tpot_p50"]) / case_bound if r["tpot_p50"] > 0 else float("nan")
                 base = ref.get(r["batch"]) or ref.get(1)
                 agree = f"{agreement(r['ids'][0], base['ids'][0])}/{args.new_tokens}" if base else "—"
                 lines.append(
@@ -638,7 +701,8 @@ batch 1 both sit at the bandwidth bound: the tok/s ratio between them is a compa
 equal steps, and this shared 2-core machine's run-to-run noise decides on which side of 1.0 it
 lands (the "decode step alone" row compares TPOT p50 without prefill or start-up). Kiln's
 per-step Python work (sampling, detokenizing, events) is a small share of a step; nothing
-fp32 is left to take off the weights' bytes short of quantizing them (`KILN_LM_VARIANT=int8`).
+fp32 is left to take off the weights' bytes short of quantizing them (`KILN_LM_VARIANT=int8` or
+`int4`: the kiln-int8 / kiln-int4 rows, docs/quantization.md).
 
 Concurrency. With 8 sequences Kiln's continuous batching decodes all rows in one call, as
 ort-genai's static batch does, and lets finished rows leave at once. A burst that arrives at an
@@ -720,7 +784,7 @@ def loadavg() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="30M,110M", help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--models", default="30M,110M,qwen2-110M", help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 new tokens, batch/clients 1 and 2, 1 round")
     p.add_argument("--out", default=None, help="markdown file to write (e.g. docs/benchmarks.md)")
     p.add_argument("--threads", type=int, default=2)
@@ -757,8 +821,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown model or backend: {unknown}")
     notes: list[str] = []
-    if "ort-genai" in backends and importlib.util.find_spec("onnxruntime_genai") is None:
-        backends.remove("ort-genai")
+    if {"ort-genai", "ort-genai-int4"} & set(backends) and importlib.util.find_spec("onnxruntime_genai") is None:
+        backends = [b for b in backends if not b.startswith("ort-genai")]
         notes.append("onnxruntime-genai is not installed (`pip install -e '.[bench]'`): its cases were skipped.")
         log(notes[-1])
 
@@ -787,6 +851,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             log(f"[{name}] preparing checkpoints")
             model = prepare_model(name, workdir, args.threads, ort_genai="ort-genai" in backends)
+            model.update(prepare_quant(model, workdir, args.threads, backends, log))
             # Re-measured between models: the best of all measurements is the least disturbed one.
             again = measure_bandwidth(args.threads, mib=64 if quick else 256)
             if again["read_gbs"] > meta["bandwidth"]["read_gbs"]:
@@ -829,7 +894,7 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text)
+            Path(args.out).write_text(text + kept_sections(Path(args.out)))
             log(f"wrote {args.out}")
         if args.json:
             Path(args.json).write_text(json.dumps({"meta": meta, "models": models, "results": results}, indent=2))

@@ -15,9 +15,12 @@ TINY_TEXT = [
 ]
 
 
-def build_tiny_lm_repo(root: Path, name: str = "tiny-lm", seed: int = 0, target: str = "inprocess") -> Path:
+def build_tiny_lm_repo(
+    root: Path, name: str = "tiny-lm", seed: int = 0, target: str = "inprocess", variants: bool = False
+) -> Path:
     """A random-weight tiny LM exported through Kiln's real export pipeline (target="triton":
-    also the decoupled python-backend entry `<name>-triton`)."""
+    also the decoupled python-backend entry `<name>-triton`; variants=True: also the optimized,
+    int8 and int4 graphs, GPTQ calibrated on TINY_TEXT)."""
     import torch
 
     from export.checkpoint import save_checkpoint
@@ -31,13 +34,37 @@ def build_tiny_lm_repo(root: Path, name: str = "tiny-lm", seed: int = 0, target:
     model = LlamaLM(tiny_llama_config(tokenizer.get_vocab_size(), max_position_embeddings=256)).eval()
     ckpt = save_checkpoint(model, tokenizer, root / "checkpoints" / name)
     repo = root / "model_repository"
-    export_checkpoint(ckpt, repo, name, variants=False, val_texts=TINY_TEXT, target=target)
+    export_checkpoint(ckpt, repo, name, variants=variants, val_texts=TINY_TEXT, calib_texts=TINY_TEXT, target=target)
     return repo
 
 
 @pytest.fixture(scope="session")
 def tiny_lm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_lm_repo(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_quant_lm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LM with every variant, the quantized fused graphs `int8` and `int4` among them."""
+    return build_tiny_lm_repo(tmp_path_factory.mktemp("tiny-quant"), variants=True)
+
+
+def fused_greedy_by_recompute(onnx_file: Path, prompt: list[int], n: int) -> list[int]:
+    """Greedy tokens of a fused-contract graph without a kept cache: every step prefills the whole
+    sequence into a fresh cache (the reference the engine's in-place decoding must reproduce)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from export.verify import _fused_call
+
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    past = {i.name: i.shape for i in sess.get_inputs() if i.name.startswith("past_")}
+    ids = list(prompt)
+    for _ in range(n):
+        cache = [np.zeros((1, shape[1], len(ids), shape[3]), np.float32) for shape in past.values()]
+        logits = _fused_call(sess, np.array([ids], np.int64), np.array([len(ids) - 1]), cache)
+        ids.append(int(np.argmax(logits[0])))
+    return ids[len(prompt) :]
 
 
 TINY_VIT = dict(image_size=16, patch_size=8, dim=32, depth=1, heads=2, mlp_ratio=2.0, stem="conv")
@@ -94,3 +121,11 @@ def wait_ready(client, timeout: float = 60.0) -> None:  # type: ignore[no-untype
 
 from tests.chat_models import chat_repo  # noqa: E402,F401 - session fixture: models with and without chat templates
 from tests.families import family_zoo  # noqa: E402,F401 - session fixture: one tiny checkpoint per HF family
+from tests.ssm_models import (  # noqa: E402,F401 - session fixtures: tiny Mamba / hybrid checkpoints and entries
+    hf_mamba2_dir,
+    hf_mamba_dir,
+    hf_mamba_entry,
+    hybrid_checkpoint,
+    hybrid_entry,
+    ssm_tokenizer,
+)

@@ -121,7 +121,11 @@ class TritonServer:
 
     def start(self, timeout: float = 90.0) -> TritonServer:
         log = open(self.log_file, "a") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env())
+        # Its own process group: the python-backend stubs it forks are in it, so `kill` takes them
+        # down with the server (as a crashed container would) instead of orphaning them.
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
+        )
         self.wait_ready(timeout)
         return self
 
@@ -146,9 +150,9 @@ class TritonServer:
             return False
 
     def kill(self) -> None:
-        """SIGKILL, the way a crashed or evicted server disappears."""
+        """SIGKILL, the way a crashed or evicted server disappears (its backend stubs with it)."""
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+            self._kill_group()
             self.proc.wait(15)
 
     def stop(self) -> None:
@@ -159,6 +163,15 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self.proc:
+            self._kill_group()  # any stub still running after the server left
+
+    def _kill_group(self) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self) -> TritonServer:
         return self.start()

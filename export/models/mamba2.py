@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from export.models.mamba import causal_conv, run_scan
+from export.models.mamba import causal_conv, run_scan, softplus
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class Mamba2Mixer(nn.Module):
         lengths = valid.sum(1).to(torch.int64)
         xbc, conv_state = causal_conv(xbc.transpose(1, 2), conv_state, self.conv1d, lengths)
         x, b, c = torch.split(xbc.transpose(1, 2), [dims.d_inner, g * n, g * n], dim=-1)
-        dt = F.softplus(dt + self.dt_bias) * valid.to(x.dtype)[..., None]  # [B, S, H]; 0 on padding
+        dt = softplus(dt + self.dt_bias) * valid.to(x.dtype)[..., None]  # [B, S, H]; 0 on padding
         a = torch.exp(dt * -torch.exp(self.A_log))[..., None, None]  # [B, S, H, 1, 1]
         x = x.reshape(bsz, seq, h, p)
         # Head j reads group j // (H / G), as Hugging Face's repeat_interleave does.

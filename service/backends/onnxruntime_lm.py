@@ -9,19 +9,22 @@ an ONNX Runtime session; they differ in the graph contract they drive:
 - `FusedRunner` (service/backends/ort_fused.py): the fused graph (GroupQueryAttention), the
   default `KILN_LM_VARIANT`. Its kernel writes the new keys/values into the bound buffers
   itself and reads each row only up to its length.
+- `HybridRunner` (service/backends/ort_hybrid.py): Mamba / hybrid models, whose layers keep a
+  fixed-size recurrent state per slot beside (or instead of) keys and values.
 
 `make_runner` picks by the variant's graph contract in the manifest.
 """
 
 from __future__ import annotations
 
-from contracts.manifest import GQA, STANDARD, TextManifest
+from contracts.manifest import GQA, HYBRID, STANDARD, TextManifest
 from contracts.versions import ContractError
 from service.backends.ort_fused import FusedRunner
+from service.backends.ort_hybrid import HybridRunner
 from service.backends.ort_runner import OrtRunner
 from service.backends.ort_standard import StandardRunner
 
-RUNNERS: dict[str, type[OrtRunner]] = {GQA: FusedRunner, STANDARD: StandardRunner}
+RUNNERS: dict[str, type[OrtRunner]] = {GQA: FusedRunner, STANDARD: StandardRunner, HYBRID: HybridRunner}
 
 
 def make_runner(
@@ -34,6 +37,6 @@ def make_runner(
 ) -> OrtRunner:
     """The runner for the variant's graph contract."""
     graph = manifest.graph(variant)
-    if graph.contract not in RUNNERS:  # e.g. "hybrid" (Mamba): exported and verified, no runner yet
+    if graph.contract not in RUNNERS:  # a contract newer than this gateway
         raise ContractError(f"{manifest.name}: no in-process runner for graph contract {graph.contract!r} yet")
     return RUNNERS[graph.contract](manifest, graph, max_batch, max_seq_len, threads, profile_prefix)

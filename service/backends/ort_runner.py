@@ -30,6 +30,7 @@ class OrtRunner:
         self.graph = graph
         self.max_batch = max_batch
         self.max_seq_len = min(max_seq_len, manifest.max_position_embeddings)
+        self.threads = threads
         self.session = cpu_session(graph.path, threads, profile_prefix)
         self.state = SlotState(manifest.state, max_batch, self.max_seq_len)
 

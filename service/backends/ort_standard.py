@@ -13,6 +13,10 @@ allocation); when the batch empties or shrinks to half the capacity, `cap` shrin
 way. So a decode step reads only about as many positions as the longest live sequence needs,
 instead of the whole preallocated length (with 8 sequences the full buffer can outweigh the
 weights). The attention mask follows from the lengths: a row's valid positions are 0..len-1.
+
+State that does not grow (a Mamba layer's recurrent tensors, the hybrid contract) is handled
+here too: the graph reads a row's `past_*` and returns the state after the new tokens as
+`present_*`, which replaces the row's. service/backends/ort_hybrid.py runs that contract.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
-from contracts.manifest import ATTENTION_KV, GraphFile, TextManifest, new_name, past_name
+from contracts.manifest import ATTENTION_KV, GraphFile, TextManifest, new_name, past_name, present_name
 from service.backends.ort_runner import OrtRunner
+from service.backends.ort_session import cpu_session
 
 CAPACITY_STEP = 32  # positions are attended in multiples of this (re-layout every 32 tokens)
 
@@ -35,29 +41,54 @@ class StandardRunner(OrtRunner):
 
     def __init__(self, manifest: TextManifest, graph: GraphFile, *args: Any, **kwargs: Any) -> None:
         super().__init__(manifest, graph, *args, **kwargs)
-        if any(layer.kind != ATTENTION_KV for layer in manifest.state):
-            raise ValueError(f"{manifest.name}: the standard graph contract carries attention state only")
-        self._names = self.state.names
-        self._layer_axis = {name: int(self.state.positions_axis(name) or 0) for name in self._names}
-        self._empty_past = {name: np.zeros(self.state.shape(name, 1, 0), np.float32) for name in self._names}
-        self._binding = self.session.io_binding()
+        self._check_state(manifest)
+        names = self.state.names
+        self._layer_axis = {n: axis for n in names if (axis := self.state.positions_axis(n)) is not None}
+        self._fixed = [n for n in names if n not in self._layer_axis]  # recurrent: replaced every call
+        # An empty past: no positions for growing tensors, zeros (the initial state) for the rest.
+        self._empty_past = {name: np.zeros(self.state.shape(name, 1, 0), np.float32) for name in names}
+        self._decode_session = self._open_decode_session(manifest, graph)
+        self._binding = self._decode_session.io_binding()
         self._prefill_binding = self.session.io_binding()
         self._output_names = [out.name for out in self.session.get_outputs()]
-        self._out_index = {name: self._output_names.index(new_name(name)) for name in self._names}
+        decode_outputs = [out.name for out in self._decode_session.get_outputs()]
+        if decode_outputs != self._output_names:
+            raise ValueError(f"{manifest.name}: the decode graph's outputs differ from the prefill graph's")
+        self._out_index = {
+            name: self._output_names.index(present_name(name) if name in self._fixed else new_name(name))
+            for name in names
+        }
         # Per-step inputs live in preallocated buffers; a step only takes views of them.
         self._mask_buf = np.zeros(self.max_batch * (self.max_seq_len + 1), np.int64)
         self._ids_buf = np.zeros((self.max_batch, 1), np.int64)
         self._pos_buf = np.zeros((self.max_batch, 1), np.int64)
         self._columns = np.arange(self.max_seq_len)
         self._rows = np.arange(self.max_batch)
-        self.state.set_capacity(self._capacity_for(1))  # nothing is live yet: no copy
+        self.state.set_capacity(self.capacity_for(1))  # nothing is live yet: no copy
+
+    def _check_state(self, manifest: TextManifest) -> None:
+        if any(layer.kind != ATTENTION_KV for layer in manifest.state):
+            raise ValueError(f"{manifest.name}: the standard graph contract carries attention state only")
+
+    def _open_decode_session(self, manifest: TextManifest, graph: GraphFile) -> ort.InferenceSession:
+        """The session decode steps run on: the same graph, unless a one-token twin was exported."""
+        decode_file = manifest.decode_files.get(graph.variant)
+        if decode_file is None:
+            return self.session
+        return cpu_session(manifest.path(decode_file), self.threads)
 
     @property
     def cap(self) -> int:
         return self.state.cap
 
+    @property
+    def _past_columns(self) -> int:
+        """The past length P the graph's attention mask spans: the capacity, or 0 without attention."""
+        return self.cap if self._layer_axis else 0
+
     # ---- capacity (how many positions a step attends to) ---------------------------------------
-    def _capacity_for(self, needed: int) -> int:
+    def capacity_for(self, needed: int) -> int:
+        """The layout capacity for rows needing `needed` positions (a multiple of CAPACITY_STEP)."""
         step = CAPACITY_STEP
         return min(self.max_seq_len, max(step, -(-needed // step) * step))
 
@@ -66,7 +97,7 @@ class StandardRunner(OrtRunner):
 
     def _ensure_capacity(self, needed: int) -> None:
         if needed > self.cap:
-            self._set_capacity(self._capacity_for(needed))
+            self._set_capacity(self.capacity_for(needed))
 
     # ---- model calls ---------------------------------------------------------------------------
     can_verify = True  # the traced graph returns every position's logits anyway
@@ -101,7 +132,7 @@ class StandardRunner(OrtRunner):
             self._ensure_capacity(n + 1)
         else:
             self._ensure_capacity(start + n + 1)
-            cap = self.cap
+            cap = self._past_columns
             mask = np.ones((1, cap + n), np.int64)
             mask[0, :cap] = self._columns[:cap] < start
             b = self._prefill_binding
@@ -118,11 +149,13 @@ class StandardRunner(OrtRunner):
             self.session.run_with_iobinding(b)
             outputs = b.copy_outputs_to_cpu()
         end = start + n
-        for name, view in self.state.views.items():
-            axis = self._layer_axis[name] - 1  # within one row
-            index: list[slice] = [slice(None)] * (view.ndim - 1)
-            index[axis] = slice(start, end)
-            view[row][tuple(index)] = outputs[self._out_index[name]][0]
+        views = self.state.views
+        for name, layer_axis in self._layer_axis.items():
+            index: list[slice] = [slice(None)] * (views[name].ndim - 1)
+            index[layer_axis - 1] = slice(start, end)  # within one row
+            views[name][row][tuple(index)] = outputs[self._out_index[name]][0]
+        for name in self._fixed:
+            views[name][row] = outputs[self._out_index[name]][0]
         self.lengths[row] = end
         return outputs[0][0]
 
@@ -131,7 +164,7 @@ class StandardRunner(OrtRunner):
         n = last_tokens.shape[0]
         lengths = self.lengths[:n]
         self._ensure_capacity(int(lengths.max()) + 1)
-        cap = self.cap
+        cap = self._past_columns
         b = self._binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
@@ -149,21 +182,23 @@ class StandardRunner(OrtRunner):
             b.bind_input(past_name(name), "cpu", 0, np.float32, [n, *view.shape[1:]], view.ctypes.data)
         for name in self._output_names:
             b.bind_output(name, "cpu")
-        self.session.run_with_iobinding(b)
+        self._decode_session.run_with_iobinding(b)
         outputs = b.copy_outputs_to_cpu()
         rows = self._rows[:n]
         cols = lengths.copy()
-        for name, view in self.state.views.items():
-            axis = self._layer_axis[name]
-            index: list[Any] = [rows, *([slice(None)] * (view.ndim - 1))]
+        views = self.state.views
+        for name, axis in self._layer_axis.items():
+            index: list[Any] = [rows, *([slice(None)] * (views[name].ndim - 1))]
             index[axis] = cols
-            view[tuple(index)] = np.take(outputs[self._out_index[name]], 0, axis=axis)
+            views[name][tuple(index)] = np.take(outputs[self._out_index[name]], 0, axis=axis)
+        for name in self._fixed:
+            views[name][:n] = outputs[self._out_index[name]]
         lengths += 1
         return outputs[0][:, 0]
 
     def release_row(self, row: int) -> None:
         super().release_row(row)
         # Shrink once the longest live sequence fits in half the capacity (or nothing is live).
-        target = self._capacity_for(int(self.lengths.max()) + 1)
+        target = self.capacity_for(int(self.lengths.max()) + 1)
         if target * 2 <= self.cap or not self.lengths.any():
             self._set_capacity(target)

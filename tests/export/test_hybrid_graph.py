@@ -15,7 +15,7 @@ from export.hybrid_graph import export_hybrid_onnx, input_names, output_names
 from export.models import mamba
 from export.verify import VerificationError
 from export.verify_hybrid import verify_hybrid
-from tests.export.conftest import tiny_hybrid
+from tests.ssm_models import tiny_hybrid
 
 PATTERNS = [
     ("mamba,mamba", {"positions": "none"}),

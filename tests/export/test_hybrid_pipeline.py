@@ -13,7 +13,7 @@ from export import pipeline
 from export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from export.hybrid_pipeline import state_bytes
 from tests.conftest import TINY_TEXT
-from tests.export.conftest import save_hf_mamba, tiny_hybrid
+from tests.ssm_models import save_hf_mamba, tiny_hybrid
 
 
 def test_hf_mamba_export_is_verified_against_transformers(hf_mamba_entry) -> None:  # type: ignore[no-untyped-def]
@@ -63,17 +63,9 @@ def test_manifest_declares_per_slot_state_and_the_graph_contract(hybrid_entry) -
     assert report["verification"]["fp32"]["passed"]
 
 
-def test_the_in_process_gateway_refuses_a_hybrid_entry_by_name(hybrid_entry) -> None:  # type: ignore[no-untyped-def]
-    from contracts.versions import ContractError
-    from service.backends.onnxruntime_lm import make_runner
-
-    with pytest.raises(ContractError, match="no in-process runner for graph contract 'hybrid'"):
-        make_runner(TextManifest.read(hybrid_entry), "fused", max_batch=2, max_seq_len=32)
-
-
-def test_kiln_hybrid_checkpoint_round_trips(tmp_path, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_kiln_hybrid_checkpoint_round_trips(tmp_path, ssm_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model = tiny_hybrid("mamba2,attention", norm="layernorm", positions="learned")
-    save_checkpoint(model, tiny_tokenizer, tmp_path)
+    save_checkpoint(model, ssm_tokenizer, tmp_path)
     loaded = load_checkpoint(tmp_path)
     assert loaded.source == "kiln" and loaded.config == model.config
     ids = torch.randint(3, 300, (1, 9))
@@ -88,15 +80,15 @@ def _edit_config(path, **changes) -> None:  # type: ignore[no-untyped-def]
     (path / "config.json").write_text(json.dumps(raw))
 
 
-def test_unsupported_mamba_checkpoints_are_refused_with_the_reason(tmp_path, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
-    path = save_hf_mamba(tmp_path / "m1", tiny_tokenizer, version=1)
+def test_unsupported_mamba_checkpoints_are_refused_with_the_reason(tmp_path, ssm_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    path = save_hf_mamba(tmp_path / "m1", ssm_tokenizer, version=1)
     _edit_config(path, hidden_act="gelu")
     with pytest.raises(CheckpointError, match="hidden_act='gelu'"):
         load_checkpoint(path)
     _edit_config(path, hidden_act="silu", model_type="falcon_mamba")
     with pytest.raises(CheckpointError, match="falcon_mamba.*mixer_rms_eps"):
         load_checkpoint(path)
-    path2 = save_hf_mamba(tmp_path / "m2", tiny_tokenizer, version=2)
+    path2 = save_hf_mamba(tmp_path / "m2", ssm_tokenizer, version=2)
     _edit_config(path2, time_step_limit=[0.0, 0.1])
     with pytest.raises(CheckpointError, match="time_step_limit"):
         load_checkpoint(path2)
@@ -106,8 +98,6 @@ def test_unsupported_mamba_checkpoints_are_refused_with_the_reason(tmp_path, tin
 
 
 def test_targets_the_hybrid_runtime_cannot_serve_are_refused(tmp_path, hybrid_checkpoint) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="target='triton'"):
-        pipeline.export_checkpoint(hybrid_checkpoint, tmp_path, "x", val_texts=TINY_TEXT, target="triton")
     with pytest.raises(ValueError, match="TensorRT"):
         pipeline.export_checkpoint(hybrid_checkpoint, tmp_path, "x", val_texts=TINY_TEXT, tensorrt=True)
     assert not (tmp_path / "x").exists()

@@ -68,17 +68,21 @@ def test_config_pbtxt_parses_with_tritons_schema_and_matches_the_graph(tiny_lm_r
         assert list(spec.dims) == dims
 
 
-def test_variants_are_verified_and_int8_cost_is_measured(tmp_path) -> None:
+def test_variants_are_verified_and_their_cost_is_measured(tmp_path) -> None:
     ckpt = _tiny_checkpoint(tmp_path)
-    report = pipeline.export_checkpoint(ckpt, tmp_path / "repo", "m", variants=True, val_texts=TINY_TEXT)
-    assert set(report["verification"]) == {"fp32", "fused", "optimized", "int8"}
+    report = pipeline.export_checkpoint(
+        ckpt, tmp_path / "repo", "m", variants=True, val_texts=TINY_TEXT, calib_texts=TINY_TEXT
+    )
+    assert set(report["verification"]) == {"fp32", "fused", "optimized", "int8", "int4"}
     assert report["verification"]["optimized"]["max_abs_logits"] <= 1e-4
-    assert report["verification"]["int8"]["max_abs_logits"] > 0  # measured, not assumed
-    assert set(report["perplexity"]) == {"fp32", "optimized", "int8"}
+    # int8/int4: exact against their dequantized weights (tests/export/quant/), not against fp32.
+    assert report["verification"]["int4"]["max_abs_logits"] <= 1e-4
+    assert set(report["perplexity"]) == {"fp32", "optimized", "fused", "int8", "int4"}
     assert abs(report["perplexity"]["optimized"] / report["perplexity"]["fp32"] - 1) < 1e-3
-    assert "int8_perplexity_increase_pct" in report
+    assert report["perplexity"]["int4"] != report["perplexity"]["fused"]  # measured, not assumed
+    assert "int8_perplexity_increase_pct" in report and "int4_perplexity_increase_pct" in report
     manifest = json.loads((tmp_path / "repo/m/kiln.json").read_text())
-    assert set(manifest["files"]) == {"fp32", "fused", "optimized", "int8"}
+    assert set(manifest["files"]) == {"fp32", "fused", "optimized", "int8", "int4"}
     assert all((tmp_path / "repo/m" / f).is_file() for f in manifest["files"].values())
 
 

@@ -74,14 +74,17 @@ def test_a_failure_mid_stream_is_one_error_on_every_transport(both, monkeypatch)
     `inference_failed`, and the engine serves the next request."""
     client, stub = both
     runner = client.app.state.registry.text["tiny-lm"].runner
-    decode = runner.decode
+    decode, verify = runner.decode, runner.verify
     calls = {"n": 0}
 
-    def breaks_after_three(last):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] > 3:
-            raise RuntimeError("the graph broke")
-        return decode(last)
+    def breaking(call):  # type: ignore[no-untyped-def]
+        def breaks_after_three(*args):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise RuntimeError("the graph broke")
+            return call(*args)
+
+        return breaks_after_three
 
     def late_error(path: str, body: dict) -> dict:
         calls["n"] = 0
@@ -92,7 +95,9 @@ def test_a_failure_mid_stream_is_one_error_on_every_transport(both, monkeypatch)
         assert len([x for x in lines if x.startswith("data: {")]) >= 3  # tokens had been sent
         return json.loads(lines[-2][5:])["error"]
 
-    monkeypatch.setattr(runner, "decode", breaks_after_three)
+    # Both ways a decoding step can call the model: one token per row, or a speculative guess checked.
+    monkeypatch.setattr(runner, "decode", breaking(decode))
+    monkeypatch.setattr(runner, "verify", breaking(verify))
     generate = late_error("/generate", {"prompt": "def", "max_new_tokens": 30, "ignore_eos": True})
     openai = late_error("/v1/completions", {"model": "tiny-lm", "prompt": "def", "max_tokens": 30, "temperature": 0})
     calls["n"] = 0
@@ -103,6 +108,7 @@ def test_a_failure_mid_stream_is_one_error_on_every_transport(both, monkeypatch)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert dict(err.value.trailing_metadata())["kiln-error-code"] == "inference_failed"
     monkeypatch.setattr(runner, "decode", decode)
+    monkeypatch.setattr(runner, "verify", verify)
     assert client.post("/generate", json={"prompt": "x", "max_new_tokens": 3}).status_code == 200
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from export.models.hybrid import HybridConfig
-from tests.export.conftest import tiny_hybrid
+from tests.ssm_models import tiny_hybrid
 
 CASES = [
     ("mamba,mamba,attention,mamba", "rmsnorm", "rotary"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from export.checkpoint import load_checkpoint
-from tests.export.conftest import tiny_hybrid
+from tests.ssm_models import tiny_hybrid
 
 
 def _hf(path):  # type: ignore[no-untyped-def]

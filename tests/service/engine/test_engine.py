@@ -22,14 +22,15 @@ GREEDY = SamplingParams(temperature=0.0)
 
 
 # Which exported graph the engine tests drive; tests/service/engine/conftest.py runs every test
-# once per graph contract ("fused": GroupQueryAttention, "fp32": the traced standard graph).
+# once per graph contract ("fused": GroupQueryAttention, "fp32": the traced standard graph);
+# test_quantized_variants.py runs some of them on the quantized fused graphs ("int8", "int4").
 GRAPH = {"variant": "fused"}
 
 
 def make_engine(repo, max_batch=4, max_seq_len=128, max_queue=8, step_delay_s=0.0):  # type: ignore[no-untyped-def]
     manifest = TextManifest.read(next(repo.glob("*/kiln.json")).parent)
     runner = make_runner(manifest, GRAPH["variant"], max_batch=max_batch, max_seq_len=max_seq_len, threads=1)
-    expected = FusedRunner if GRAPH["variant"] == "fused" else StandardRunner
+    expected = StandardRunner if GRAPH["variant"] in ("fp32", "optimized") else FusedRunner  # int8/int4: fused
     assert type(runner) is expected, (GRAPH, type(runner))
     engine = GenerationEngine(
         runner,

@@ -19,7 +19,7 @@ HYBRID_PATTERN = "mamba,attention,mamba2,mamba"
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer():  # type: ignore[no-untyped-def]
+def ssm_tokenizer():  # type: ignore[no-untyped-def]
     from export.tokenizer import train_tokenizer
 
     return train_tokenizer(TINY_TEXT * 3, vocab_size=VOCAB)
@@ -64,13 +64,13 @@ def save_hf_mamba(root: Path, tokenizer, version: int = 1, seed: int = 0) -> Pat
 
 
 @pytest.fixture(scope="session")
-def hf_mamba_dir(tmp_path_factory, tiny_tokenizer) -> Path:  # type: ignore[no-untyped-def]
-    return save_hf_mamba(tmp_path_factory.mktemp("hf-mamba"), tiny_tokenizer, version=1)
+def hf_mamba_dir(tmp_path_factory, ssm_tokenizer) -> Path:  # type: ignore[no-untyped-def]
+    return save_hf_mamba(tmp_path_factory.mktemp("hf-mamba"), ssm_tokenizer, version=1)
 
 
 @pytest.fixture(scope="session")
-def hf_mamba2_dir(tmp_path_factory, tiny_tokenizer) -> Path:  # type: ignore[no-untyped-def]
-    return save_hf_mamba(tmp_path_factory.mktemp("hf-mamba2"), tiny_tokenizer, version=2)
+def hf_mamba2_dir(tmp_path_factory, ssm_tokenizer) -> Path:  # type: ignore[no-untyped-def]
+    return save_hf_mamba(tmp_path_factory.mktemp("hf-mamba2"), ssm_tokenizer, version=2)
 
 
 def tiny_hybrid(layers: str = HYBRID_PATTERN, seed: int = 0, **overrides):  # type: ignore[no-untyped-def]
@@ -100,11 +100,11 @@ def tiny_hybrid(layers: str = HYBRID_PATTERN, seed: int = 0, **overrides):  # ty
 
 
 @pytest.fixture(scope="session")
-def hybrid_checkpoint(tmp_path_factory, tiny_tokenizer) -> Path:  # type: ignore[no-untyped-def]
+def hybrid_checkpoint(tmp_path_factory, ssm_tokenizer) -> Path:  # type: ignore[no-untyped-def]
     """A Kiln "kiln-hybrid" checkpoint (Mamba, attention with RoPE, Mamba-2, Mamba)."""
     from export.checkpoint import save_checkpoint
 
-    return save_checkpoint(tiny_hybrid(), tiny_tokenizer, tmp_path_factory.mktemp("hybrid") / "ckpt")
+    return save_checkpoint(tiny_hybrid(), ssm_tokenizer, tmp_path_factory.mktemp("hybrid") / "ckpt")
 
 
 @pytest.fixture(scope="session")

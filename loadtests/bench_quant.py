@@ -1,0 +1,124 @@
+"""The quantized cases of the generation benchmark (issue 14), kept beside `bench_generate.py`.
+
+  kiln-int8        Kiln's engine on the `int8` fused graph (MatMulNBits 8-bit, docs/quantization.md)
+  kiln-int4        Kiln's engine on the `int4` fused graph (GPTQ 4-bit projections, 8-bit head)
+  ort-genai-int4   onnxruntime-genai on its model builder's `-p int4 -e cpu` graph, same block size
+
+`bench_generate.py` imports this module for three things: the case names (`BACKENDS`), the
+extra model preparation (`prepare`: a Kiln export with variants, the builder's int4 folder, the
+bytes each case's decode step reads), and the workers (`workers`: the fp32 workers pointed at
+the quantized models). Random weights make the quantized variants' perplexity meaningless, so
+the export's perplexity budgets are lifted here; quality is measured on the demo LM instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("kiln-int8", "kiln-int4", "ort-genai-int4")
+KILN_VARIANTS = {"kiln-int8": "int8", "kiln-int4": "int4"}
+
+
+def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: Callable[[str], None]) -> dict:
+    """Extra keys for `model` (bench_generate.prepare_model's dict) that the selected quantized cases need."""
+    from export.quant.config import QuantConfig
+
+    wanted = [b for b in backends if b in BACKENDS]
+    if not wanted:
+        return {}
+    name, hf = model["name"], Path(model["hf"])
+    base = workdir / name
+    block = QuantConfig().block_size
+    extra: dict = {"step_bytes": {}}
+    if any(b in KILN_VARIANTS for b in wanted):
+        repo = base / "kiln_quant_repo"
+        entry = repo / f"bench-{name.lower()}"
+        manifest = entry / "kiln.json"
+        if not manifest.exists() or "int4" not in json.loads(manifest.read_text())["files"]:
+            from export.pipeline import export_checkpoint
+
+            log(f"[{name}] Kiln export with the int8/int4 variants")
+            inf = float("inf")  # random weights: no perplexity budget means anything
+            export_checkpoint(
+                hf,
+                repo,
+                entry.name,
+                variants=True,
+                val_texts=["def f(x):\n    return x + 1\n"],
+                ppl_tokens=64,
+                quant=QuantConfig(int8_budget_pct=inf, int4_budget_pct=inf, calibration_tokens=2048),
+            )
+        files = json.loads(manifest.read_text())["files"]
+        extra["kiln_quant_model"] = str(entry)
+        for backend, variant in KILN_VARIANTS.items():
+            extra["step_bytes"][backend] = step_weight_bytes(entry / files[variant])
+    if "ort-genai-int4" in wanted:
+        og_dir = base / "ort-genai-int4"
+        if not (og_dir / "genai_config.json").exists():
+            log(f"[{name}] onnxruntime-genai model builder, int4")
+            cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(og_dir)]
+            cmd += ["-p", "int4", "-e", "cpu", "-c", str(base / "og_int4_cache")]
+            cmd += ["--extra_options", f"block_size={block}", "accuracy_level=4"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                raise SystemExit(f"onnxruntime-genai int4 builder failed:\n{tail}")
+            shutil.rmtree(base / "og_int4_cache", ignore_errors=True)
+        cfg_path = og_dir / "genai_config.json"
+        gcfg = json.loads(cfg_path.read_text())
+        gcfg["model"]["decoder"]["session_options"].update(intra_op_num_threads=threads, inter_op_num_threads=1)
+        cfg_path.write_text(json.dumps(gcfg, indent=2))
+        extra["ort_genai_int4"] = str(og_dir)
+        extra["step_bytes"]["ort-genai-int4"] = step_weight_bytes(og_dir / gcfg["model"]["decoder"]["filename"])
+    return extra
+
+
+def step_weight_bytes(onnx_file: Path) -> int:
+    """Bytes of the weights a decode step streams: every MatMul / MatMulNBits / Gemm constant input
+    (packed codes, scales, zero points), not the embedding table, from which a step reads one row."""
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    sizes = {t.name: int(np.prod(t.dims)) * _itemsize(t.data_type) for t in graph.initializer}
+    used = {
+        name
+        for node in graph.node
+        if node.op_type in ("MatMul", "MatMulNBits", "Gemm")
+        for name in node.input[1:]
+        if name in sizes
+    }
+    return sum(sizes[name] for name in used)
+
+
+def _itemsize(data_type: int) -> int:
+    import onnx
+
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+def workers(worker_kiln: Callable[..., dict], worker_ort_genai: Callable[..., dict]) -> dict[str, Callable[..., dict]]:
+    """The quantized cases as bench_generate workers: the fp32 workers on the quantized models."""
+
+    def kiln(variant: str) -> Callable[..., dict]:
+        def run(model: dict, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:
+            os.environ["KILN_LM_VARIANT"] = variant  # worker_kiln serves Settings().lm_variant, as `kiln serve`
+            out = worker_kiln({**model, "kiln_model": model["kiln_quant_model"]}, prompts, batches, new, threads)
+            from contracts.manifest import TextManifest
+
+            chosen = TextManifest.read(Path(model["kiln_quant_model"])).graph(variant).path.name
+            return {**out, "graph": chosen}
+
+        return run
+
+    def ort_genai_int4(model: dict, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:
+        return worker_ort_genai({**model, "ort_genai": model["ort_genai_int4"]}, prompts, batches, new, threads)
+
+    return {"kiln-int8": kiln("int8"), "kiln-int4": kiln("int4"), "ort-genai-int4": ort_genai_int4}
