@@ -1,4 +1,5 @@
-# Kiln. `make serve` on a fresh machine: venv, install, train the demo model, export, serve on :8000.
+# Kiln. `make serve` on a fresh machine: venv, install, export the committed demo LM, serve on :8000
+# (the playground at /) while the demo classifier trains and exports in the background.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ CKPT_HYBRID ?= checkpoints/demo-hybrid
 # (the Mamba-2 / attention hybrid of docs/hybrid.md, served beside the others:
 # `make serve DEMOS="lm vision hybrid"`; its training takes longer than the Llama demo's).
 DEMOS ?= lm vision
-TRAIN_STEPS ?= 320
+TRAIN_STEPS ?= 640
 VISION_STEPS ?= 1500
 PYTEST_ARGS ?=
 # make export TARGET=triton: also the decoupled Triton model (docs/triton.md); TENSORRT=1: a verified
@@ -31,7 +32,9 @@ ifneq ($(UNKNOWN_DEMOS),)
 $(error DEMOS: unknown demo model(s) $(UNKNOWN_DEMOS); choose from lm vision hybrid)
 endif
 
-.PHONY: install models export serve test lint bench bench-generate bench-classify bench-context bench-reuse eval clean proto triton-tools loadtest soak deploy-tools
+PORT ?= 8000
+
+.PHONY: install models export serve background-demos browser-tools test lint bench bench-generate bench-classify bench-context bench-reuse eval clean proto triton-tools loadtest soak deploy-tools
 
 install: $(VENV)/.installed
 
@@ -44,6 +47,8 @@ $(VENV)/.installed: pyproject.toml
 
 models: install $(foreach demo,$(DEMOS),$(DEMO_CKPT_$(demo)))
 
+# Committed (7.9 MB): a fresh clone skips training. Delete it to retrain (~7 idle CPU minutes);
+# tests/export/train_demo/test_committed_checkpoint.py checks the retrain reproduces it byte for byte.
 $(CKPT_LM)/model.safetensors:
 	$(KILN) train-demo --out $(CKPT_LM) --steps $(TRAIN_STEPS)
 
@@ -74,8 +79,32 @@ $(REPO)/demo-vit/kiln.json: $(CKPT_VISION)/model.safetensors contracts/manifest.
 eval: install $(REPO)/demo-vit/kiln.json
 	$(PY) -m export.vision.evaluate --repository $(REPO) --name demo-vit --out docs/vision.md
 
-serve: export
-	KILN_MODEL_REPOSITORY=$(REPO) $(KILN) serve
+# The gateway starts as soon as the LM is exported; the other demos in DEMOS (the classifier; the
+# hybrid LM if asked for) are built one after the other in the background and served the moment
+# their entries appear (the registry's watcher). Until then their requests answer 503
+# `model_unavailable` and /readyz lists them as `loading` (`<name>.pending`, service/registry.py).
+serve: install $(REPO)/demo-lm/kiln.json background-demos
+	KILN_MODEL_REPOSITORY=$(REPO) KILN_PORT=$(PORT) $(KILN) serve
+
+DEMO_NAME_vision := demo-vit
+DEMO_NAME_hybrid := demo-hybrid
+# A shell loop, not a parse-time $(shell $(MAKE) -q ...): that would re-run in every sub-make.
+background-demos: install
+	@mkdir -p $(REPO) runs; todo=""; \
+	for demo in $(filter-out lm,$(DEMOS)); do \
+	  case $$demo in vision) entry=$(DEMO_ENTRY_vision); name=$(DEMO_NAME_vision);; \
+	                 hybrid) entry=$(DEMO_ENTRY_hybrid); name=$(DEMO_NAME_hybrid);; esac; \
+	  $(MAKE) -q --no-print-directory $$entry >/dev/null 2>&1 && continue; \
+	  : > $(REPO)/$$name.pending; todo="$$todo $$demo:$$entry:$$name"; \
+	done; \
+	[ -z "$$todo" ] && exit 0; \
+	echo "building$$(for t in $$todo; do printf ' %s' $${t##*:}; done) in the background (runs/<name>-build.log)"; \
+	( trap 'for t in $$todo; do rm -f $(REPO)/$${t##*:}.pending; done; exit 130' INT TERM; \
+	  for t in $$todo; do entry=$${t#*:}; entry=$${entry%:*}; name=$${t##*:}; \
+	    if $(MAKE) --no-print-directory $$entry > runs/$$name-build.log 2>&1; \
+	    then rm -f $(REPO)/$$name.pending; \
+	    else echo "the build failed: see runs/$$name-build.log" > $(REPO)/$$name.pending; fi; \
+	  done ) &
 
 # Offline deployment checkers for tests/deploy (kubectl, kubernetes-validate, hadolint, promtool, buildah...).
 deploy-tools: install
@@ -83,11 +112,16 @@ deploy-tools: install
 
 # Line coverage of service/, export/, contracts/ and cli/, the servers and CLIs the tests start as
 # subprocesses included (coverage's `patch = subprocess`, pyproject.toml).
-test: install deploy-tools triton-tools
+test: install deploy-tools triton-tools browser-tools
 	@rm -f .coverage .coverage.*
 	$(PY) -m coverage run -m pytest -q $(PYTEST_ARGS)
 	@$(PY) -m coverage combine -q
 	$(PY) -m coverage report --sort=-cover | tail -n 25
+
+# Debian chromium + chromium-driver for the playground's browser tests (Selenium). If they cannot be
+# installed, the reason goes to .browser-install-failed and those tests skip, quoting it.
+browser-tools:
+	@bash deploy/tools/install-browser.sh
 
 # A real tritonserver (CPU) for the integration tests: deploy/triton/install.sh is idempotent. If it
 # fails, the reason goes to .triton-install-failed and the Triton tests skip, quoting it.
@@ -133,7 +167,7 @@ bench-classify: install $(REPO)/demo-vit/kiln.json
 	$(PY) loadtests/bench_classify.py --repository $(REPO) --name demo-vit --checkpoint $(CKPT_VISION) --out docs/vision.md
 
 clean:
-	rm -rf $(REPO)/*/ checkpoints .pytest_cache
+	rm -rf $(REPO)/*/ $(REPO)/*.pending $(CKPT_VISION) .pytest_cache
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. service/rpc/kiln_v1.proto

@@ -1,5 +1,8 @@
 """`kiln` command line. Export subcommands import torch lazily; `serve` never does.
 
+`generate`, `chat`, `evaluate` and `classify` live in their own modules (cli/generate.py,
+cli/evaluate.py, cli/classify.py) and register themselves here.
+
 A command that fails for a reason the user can act on (a checkpoint Kiln cannot read, a graph
 that fails verification, a manifest of another version) prints one line, `kiln <command>:
 error: <reason>`, and exits 1; `KILN_DEBUG=1` shows the traceback instead.
@@ -12,6 +15,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from cli import classify, evaluate, generate
 
 DEMO_LM_CHECKPOINT = Path("checkpoints/demo-lm")
 DEMO_HYBRID_CHECKPOINT = Path("checkpoints/demo-hybrid")
@@ -150,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp16", action="store_true", help="with --tensorrt: allow FP16 kernels")
     add_quant_arguments(p)
     p.set_defaults(func=cmd_export)
+
+    for module in (generate, evaluate, classify):  # one module per newer command
+        module.register(sub)
 
     args = parser.parse_args(argv)
     try:

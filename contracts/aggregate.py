@@ -46,13 +46,29 @@ def aggregate(probs: np.ndarray, method: str = "mean", k: int = 3) -> np.ndarray
         k = max(1, min(int(k), probs.shape[0]))
         out = np.sort(probs, axis=0)[-k:].mean(axis=0)
     elif method == "confidence_weighted":
-        c = probs.shape[1]
-        entropy = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
-        weights = np.clip(1.0 - entropy / np.log(c), 0.0, 1.0) + 1e-6
+        weights = confidence(probs) + 1e-6
         out = (weights[:, None] * probs).sum(axis=0) / weights.sum()
     else:
         raise ValueError(f"unknown aggregation {method!r}; one of {AGGREGATIONS}")
     return out / out.sum()
+
+
+def confidence(probs: np.ndarray) -> np.ndarray:
+    """Per view, 1 - H(p)/log C in [0, 1]: 1 for a one-hot view, 0 for a uniform one."""
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
+    return np.clip(1.0 - entropy / np.log(probs.shape[1]), 0.0, 1.0)
+
+
+def view_weights(probs: np.ndarray, method: str) -> np.ndarray | None:
+    """Each view's share of the aggregate (summing to 1) where the aggregate is a weighted mean
+    of the views (`mean`, `confidence_weighted`); None for `max` and `topk_mean`, which pick
+    per class rather than weigh views."""
+    if method == "mean":
+        return np.full(probs.shape[0], 1.0 / probs.shape[0])
+    if method == "confidence_weighted":
+        weights = confidence(probs) + 1e-6
+        return weights / weights.sum()
+    return None
 
 
 def prediction_set(probs: np.ndarray, threshold: float, method: str = "lac") -> list[int]:

@@ -20,6 +20,7 @@ from export.fused_graph import build_fused_lm_onnx, fused_unsupported
 from export.hybrid_pipeline import export_hybrid_checkpoint
 from export.models.hybrid import HybridLM
 from export.onnx_export import export_lm_onnx, toolchain_versions
+from export.progress import bar
 from export.quant.config import QuantConfig
 from export.quant.variants import FILES as QUANT_FILES
 from export.quant.variants import build_quantized_variants
@@ -73,6 +74,7 @@ def export_checkpoint(
         texts = list(val_texts) if val_texts is not None else _default_val_texts()
         return export_hybrid_checkpoint(ckpt, repository, name, texts, tolerance, ppl_tokens, target, tensorrt)
     cfg = model.config
+    stages = bar(5, f"export {name}", unit="stage")  # graph, fused, variants, perplexity, write
     with staged_entry(repository, name) as staging:
         report: dict = {
             "name": name,
@@ -92,6 +94,7 @@ def export_checkpoint(
         report["timings_s"]["export"] = time.perf_counter() - t
         t = time.perf_counter()
         report["verification"]["fp32"] = verify_lm(model, fp32, tolerance)
+        stages.update()
         produced = {"fp32": fp32}
         # The graph the in-process engine serves (ONNX Runtime contrib operators, cache updated
         # in place): same weights, checked against PyTorch the way the engine drives it.
@@ -103,11 +106,13 @@ def export_checkpoint(
         else:
             fused = build_fused_lm_onnx(model, staging / FILES["fused"])
             report["verification"]["fused"] = verify_fused_lm(model, fused, tolerance)
+        stages.update()
         if variants:
             opt = optimize_offline(fp32, staging / FILES["optimized"])
             report["verification"]["optimized"] = verify_lm(model, opt, tolerance)
             produced["optimized"] = opt
         report["timings_s"]["verify"] = time.perf_counter() - t
+        stages.update()
 
         t = time.perf_counter()
         texts = list(val_texts) if val_texts is not None else _default_val_texts()
@@ -121,6 +126,7 @@ def export_checkpoint(
             report["perplexity"][variant] = perplexity(path, windows, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
             report["size_bytes"][variant] = path.stat().st_size
         report["timings_s"]["perplexity"] = time.perf_counter() - t
+        stages.update()
 
         t = time.perf_counter()
         quantized: dict[str, Path] = {}
@@ -188,6 +194,8 @@ def export_checkpoint(
             "size_mb": {k: round(v / 2**20, 2) for k, v in report["size_bytes"].items()},
         }
         (staging / "export_report.json").write_text(json.dumps(report, indent=2, default=str))
+        stages.update()
+    stages.close()
     if target == "triton":
         entry = write_lm_python_entry(repository / name, repository)
         report["triton"] = {"model": entry.name, "path": str(entry)}

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import torch
 
 from export.models.decoder import DecoderLM
+from export.perplexity import fused_call as _fused_call
 
 
 class VerificationError(RuntimeError):
@@ -86,23 +87,6 @@ def verify_lm(
     if raise_on_fail and worst > tolerance:
         raise VerificationError(f"{onnx_file.name}: max |Δlogits| {worst:.3g} exceeds {tolerance:g}: {phases}")
     return report
-
-
-def _fused_call(
-    sess: ort.InferenceSession, ids: np.ndarray, seqlens: np.ndarray, cache: list[np.ndarray]
-) -> np.ndarray:
-    """One call of the fused graph with past and present bound to the same buffers (as served)."""
-    b = sess.io_binding()
-    b.bind_cpu_input("input_ids", ids)
-    b.bind_cpu_input("seqlens_k", seqlens.astype(np.int32))
-    b.bind_cpu_input("total_sequence_length", np.array(int(seqlens.max()) + 1, np.int32))
-    b.bind_output("logits", "cpu")
-    for i in range(len(cache) // 2):
-        for kind, buf in (("key", cache[2 * i]), ("value", cache[2 * i + 1])):
-            b.bind_input(f"past_{kind}.{i}", "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
-            b.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
-    sess.run_with_iobinding(b)
-    return b.get_outputs()[0].numpy()
 
 
 def verify_fused_lm(model: DecoderLM, onnx_file: Path, tolerance: float = 1e-4, seed: int = 0) -> dict:

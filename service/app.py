@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from service.api import health
+from service.api import health, playground
 from service.api.routes import ROUTERS
 from service.auth import ApiKeys
 from service.dataplane.chat import ChatDataPlane
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         # Load in the background: /healthz answers at once, /readyz turns 200 when warm.
         loader = asyncio.get_running_loop().run_in_executor(None, registry.load_all)
+        loader.add_done_callback(lambda _: playground.announce(settings))
         grpc_server = None
         if settings.grpc_port:
             from service.rpc.server import GrpcServer
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     tasks = route_tasks(ROUTERS)
     # Added first = runs inside the observability middleware, so 401s are counted and carry a request id.
-    app.add_middleware(AuthMiddleware, keys=keys, exempt=health.PUBLIC_PATHS)
+    app.add_middleware(AuthMiddleware, keys=keys, exempt=health.PUBLIC_PATHS | playground.PUBLIC_PATHS)
     app.add_middleware(
         ObservabilityMiddleware,
         metrics=metrics,

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
         15.0, ge=0, description="Seconds between drift recomputations (0: on every request)."
     )
 
+    playground: bool = Field(True, description="Serve the browser playground at / (false: off, / is a 404).")
+
     drain_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM.")
     retry_after_s: int = Field(ENGINE.retry_after_s, ge=1, description="Retry-After sent with 429.")
     prefix_cache: bool = Field(

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from export.checkpoint import save_checkpoint
 from export.models.hybrid import HybridConfig, HybridLM
 from export.models.llama import LlamaConfig, LlamaLM
+from export.progress import bar, note
 from export.tokenizer import train_tokenizer
 from export.train_demo.corpus import load_corpus
 
@@ -127,7 +128,9 @@ def train_demo_lm(
     model.train()
     step = 0
     stopped_early = False
+    progress = bar(steps, "train demo LM")
     for step in range(steps):
+        progress.update()
         if (time.perf_counter() - started) / 60 > max_minutes:
             stopped_early = True
             print(f"time cap of {max_minutes} min reached at step {step}; stopping early", flush=True)
@@ -148,8 +151,9 @@ def train_demo_lm(
                 "elapsed_s": round(time.perf_counter() - started, 1),
             }
             log.append(entry)
-            print(json.dumps(entry), flush=True)
+            note(json.dumps(entry))
 
+    progress.close()
     model.eval()
     save_checkpoint(model, tokenizer, out)
     final_val = val_loss()

@@ -28,6 +28,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from contracts.vision import PreprocessContract, crop_resize, normalize, tile_boxes
+from export.progress import bar, note
 from export.vision.checkpoint import save_vision_checkpoint
 from export.vision.data import LABELS, SCENE_SIZE, Scene, make_scenes
 from export.vision.vit import ViT, ViTConfig
@@ -135,7 +136,9 @@ def train_demo_vision(
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     pos, step, stopped_early = 0, 0, False
     model.train()
+    progress = bar(steps, "train demo classifier")
     for step in range(steps):
+        progress.update()
         if (time.perf_counter() - started) / 60 > max_minutes:
             stopped_early = True
             print(f"time cap of {max_minutes} min reached at step {step}; stopping early", flush=True)
@@ -156,8 +159,9 @@ def train_demo_vision(
             entry = {"step": step, "train_loss": round(loss.item(), 4), **evaluate()}
             entry["elapsed_s"] = round(time.perf_counter() - started, 1)
             log.append(entry)
-            print(json.dumps(entry), flush=True)
+            note(json.dumps(entry))
 
+    progress.close()
     model.eval()
     save_vision_checkpoint(model, "kiln-vit", cfg.to_dict(), contract, out, dataset={"name": DATASET, "seed": seed})
     summary = {

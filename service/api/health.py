@@ -26,7 +26,8 @@ async def healthz() -> dict:
 )
 async def readyz(request: Request, model: str | None = None) -> JSONResponse:
     """Ready when loading is over and at least one model serves; a model that failed to load is
-    listed under `failed` without taking the others down. `?model=NAME` asks about one model."""
+    listed under `failed` without taking the others down, one still being built (a `.pending`
+    entry, service/registry.py) as `loading`. `?model=NAME` asks about one model."""
     reg = request.app.state.registry
     if model is not None:
         served = reg.models.get(model)
@@ -35,14 +36,19 @@ async def readyz(request: Request, model: str | None = None) -> JSONResponse:
             state = "ready"
         elif served is not None:
             state = "draining" if reg.draining else "unavailable"
+        elif model in reg.pending:
+            state = "failed" if reg.pending[model] else "loading"
         else:
             state = "failed" if model in reg.failed else "loading" if not reg.loaded else "absent"
-        detail = {"model": model, "ready": ok, "state": state, "error": reg.failed.get(model)}
+        detail = {"model": model, "ready": ok, "state": state, "error": reg.failed.get(model) or reg.pending.get(model)}
         return JSONResponse(detail, status_code=200 if ok else 404 if state == "absent" else 503)
     body = {
         "ready": reg.ready and not reg.draining,
         "draining": reg.draining,
-        "models": {name: "ready" if m.ready else "unavailable" for name, m in reg.models.items()},
+        "models": {
+            **{name: "failed" if why else "loading" for name, why in reg.pending.items()},
+            **{name: "ready" if m.ready else "unavailable" for name, m in reg.models.items()},
+        },
         "failed": reg.failed,
     }
     if not reg.loaded:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api import classify, generate, health, tokenize
+from service.api import classify, generate, health, playground, tokenize
 from service.api.openai import chat, completions
 
 ROUTERS: tuple[APIRouter, ...] = (
@@ -15,4 +15,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     chat.router,
     tokenize.router,
     classify.router,
+    playground.router,
 )

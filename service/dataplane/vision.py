@@ -48,7 +48,9 @@ class ClassifyParams(BaseModel):
     lam: float | None = Field(None, alias="lambda", description="RAPS: penalty per rank beyond k_reg.")
     randomized: bool | None = Field(None, description="APS/RAPS: randomised scores (exact coverage, not conservative).")
     seed: int | None = Field(None, description="Seed of a randomised set (default: fresh randomness).")
-    return_views: bool = Field(False, description="Return every view's probabilities.")
+    return_views: bool = Field(
+        False, description="Return every view: probabilities, box, confidence and weight in the aggregate."
+    )
 
     def options(self) -> ClassifyOptions:
         return ClassifyOptions(**self.model_dump(exclude={"model"}))
@@ -154,6 +156,8 @@ class VisionRegistry(Protocol):
     loaded: bool
     draining: bool
     vision: dict[str, VisionModel]
+    pending: dict[str, str]
+    failed: dict[str, str]
 
     def vision_model(self, name: str | None) -> VisionModel: ...
 
@@ -165,7 +169,8 @@ class VisionDataPlane:
 
     def model(self, caller: Caller, name: str | None) -> VisionModel:
         reg = self.registry
-        if reg.loaded and not reg.vision and not reg.draining:
+        coming = reg.pending or (name and name in reg.failed)  # 503 with the reason, not "no classifier"
+        if reg.loaded and not reg.vision and not coming and not reg.draining:
             raise NotSupported("image classification is not available on this server (no classifier loaded)")
         model = reg.vision_model(name or None)  # an empty name (proto3's unset string) means "the only one"
         caller.authorize(model.name)

@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from contracts.aggregate import aggregate, softmax
+from contracts.aggregate import aggregate, confidence, softmax, view_weights
 from contracts.calibration import Calibration
 from contracts.conformal import ConformalMethod, sets
 from contracts.manifest import VisionManifest, read_json
-from contracts.vision import PreprocessContract, make_views
+from contracts.vision import PreprocessContract, make_views, view_boxes
 from service.backends.ort_session import cpu_session
 from service.backends.triton_vision import TritonClassifierRunner
 from service.errors import Unavailable
@@ -212,6 +212,23 @@ class VisionModel:
         self.metrics.classify_preprocess_s.labels(self.name).observe(t2 - t0)
         return _Prepared(names, views, image.width, image.height, t1 - t0, t2 - t1)
 
+    def _views(self, p: _Prepared, probs_v: np.ndarray, opts: ClassifyOptions) -> list[dict]:
+        """Each view's probabilities, its box in the image ([left, top, right, bottom] pixels; a
+        mirrored view shares its original's), its confidence 1 - H(p)/log C and its weight in the
+        aggregate (None where the aggregation does not weigh views)."""
+        boxes = dict(view_boxes(p.width, p.height, opts.views, opts.grid, opts.overlap))
+        weights = view_weights(probs_v, opts.aggregate)
+        return [
+            {
+                "name": name,
+                "probabilities": [round(float(x), 6) for x in row],
+                "box": [round(v, 2) for v in boxes[name.split(":")[0]]],
+                "confidence": round(float(conf), 6),
+                "weight": None if weights is None else round(float(weights[i]), 6),
+            }
+            for i, (name, row, conf) in enumerate(zip(p.names, probs_v, confidence(probs_v), strict=True))
+        ]
+
     async def classify(self, images: list[bytes], opts: ClassifyOptions, protocol: str = "http") -> dict:
         """Serve one request whose options service/dataplane/vision.py has validated and resolved."""
         if self.draining:
@@ -269,10 +286,7 @@ class VisionModel:
             if members is not None:
                 result["prediction_set"] = [self.labels[j] for j in order if members[i, j]]
             if opts.return_views:
-                result["views"] = [
-                    {"name": name, "probabilities": [round(float(x), 6) for x in row]}
-                    for name, row in zip(p.names, view_probs[i], strict=True)
-                ]
+                result["views"] = self._views(p, view_probs[i], opts)
             result["timings"] = {"decode_ms": p.decode_s * 1000, "views_ms": p.views_s * 1000}
             results.append(result)
         total = time.perf_counter() - started

@@ -166,3 +166,34 @@ def test_per_model_readiness_knows_the_classifier(client: TestClient) -> None:
     assert client.get("/readyz", params={"model": "tiny-vit"}).json()["state"] == "ready"
     assert client.get("/readyz", params={"model": "tiny-lm"}).status_code == 200
     assert client.get("/readyz", params={"model": "nope"}).status_code == 404
+
+
+def test_views_carry_their_box_confidence_and_weight_in_the_aggregate(client: TestClient) -> None:
+    import numpy as np
+
+    from contracts.aggregate import aggregate
+    from contracts.vision import view_boxes
+
+    img = scene_png(3)
+    body = post_files(client, "?return_views=true&tta_flip=true&calibrated=false&top_k=10", img).json()
+    res = body["results"][0]
+    views = res["views"]
+    assert len(views) == 20 and views[1]["name"] == "global:flip"
+    boxes = dict(view_boxes(res["width"], res["height"], "multi", 3, 0.25))
+    for v in views:
+        assert v["box"] == pytest.approx(list(boxes[v["name"].split(":")[0]]), abs=0.01)
+    probs = np.array([v["probabilities"] for v in views])
+    c = probs.shape[1]
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1)
+    assert [v["confidence"] for v in views] == pytest.approx(np.clip(1 - entropy / np.log(c), 0, 1), abs=1e-5)
+    weights = np.array([v["weight"] for v in views])
+    assert weights.sum() == pytest.approx(1.0, abs=1e-5)
+    # The weights reproduce the served (uncalibrated) aggregate.
+    mixed = (weights[:, None] * probs).sum(0)
+    assert mixed / mixed.sum() == pytest.approx(aggregate(probs, "confidence_weighted"), abs=1e-4)
+    top = {t["index"]: t["probability"] for t in res["top"]}
+    assert [top[j] for j in top] == pytest.approx([float(mixed[j] / mixed.sum()) for j in top], abs=1e-4)
+    mean = post_files(client, "?return_views=true&aggregate=mean", img).json()["results"][0]["views"]
+    assert [v["weight"] for v in mean] == pytest.approx([0.1] * 10)
+    picked = post_files(client, "?return_views=true&aggregate=max", img).json()["results"][0]["views"]
+    assert all(v["weight"] is None for v in picked)
