@@ -10,6 +10,8 @@ side, every case on 2 threads with a 32-token prompt, 128 new tokens, greedy, EO
   kiln           Kiln's GenerationEngine + ONNX Runtime runner (fused graph) in-process, 1 and 8 sequences
   kiln-http      a real `kiln serve` subprocess with N = 1, 8, 32 concurrent streaming clients
   kiln-int8, kiln-int4, ort-genai-int4   the weight-only quantized peers (loadtests/bench_quant.py)
+  kiln-http-int4 the HTTP case on the int4 graph; after the rounds, py-spy samples the server
+                 under the largest client count (loadtests/bench_http.py)
 
 Each backend runs in its own worker process (so one runtime's idle thread pool never competes with
 another's), with a warm-up first. Cases are interleaved over `--repeats` rounds and each case
@@ -24,7 +26,6 @@ Per-token times are taken where the tokens appear: the transformers streamer, ea
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import importlib.util
 import json
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_http import render_pyspy, worker_http, worker_http_int4, worker_http_profile  # noqa: E402
 from bench_quant import BACKENDS as QUANT_BACKENDS  # noqa: E402 - this script's own folder
 from bench_quant import prepare as prepare_quant  # noqa: E402
 from bench_quant import workers as quant_workers  # noqa: E402
@@ -359,54 +361,6 @@ def worker_kiln(model: dict, prompts: list[dict], batches: list[int], new: int, 
     return {"version": ort.__version__, "runs": results, "max_seq_len": runner.max_seq_len}
 
 
-def worker_http(model: dict, prompts: list[dict], clients: list[int], new: int, threads: int) -> dict:
-    import httpx
-
-    from tests.live_server import Server
-
-    server = Server(
-        Path(model["kiln_repo"]),
-        KILN_INTRA_OP_THREADS=str(threads),
-        KILN_MAX_BATCH=str(max(max(clients), 8)),
-        KILN_GRPC_PORT="0",
-        OMP_NUM_THREADS=str(threads),
-    )
-
-    async def one(client: httpx.AsyncClient, prompt: dict, n_new: int, t0: float) -> dict:
-        body = {"prompt": prompt["text"], "max_new_tokens": n_new, "temperature": 0, "ignore_eos": True, "stream": True}
-        seq: dict = {"submit": time.perf_counter() - t0, "times": [], "ids": [], "completion_tokens": 0}
-        async with client.stream("POST", "/generate", json=body) as resp:
-            if resp.status_code != 200:
-                raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
-            finish = False
-            async for line in resp.aiter_lines():
-                if line.startswith("event: finish"):
-                    finish = True
-                elif line.startswith("data: {"):
-                    data = json.loads(line[6:])
-                    if finish:
-                        seq["completion_tokens"] = data["usage"]["completion_tokens"]
-                        seq["prompt_tokens"] = data["usage"]["prompt_tokens"]
-                    elif data.get("token", -1) >= 0:
-                        seq["times"].append(time.perf_counter() - t0)
-                        seq["ids"].append(data["token"])
-        return seq
-
-    async def run(n: int, n_new: int) -> dict:
-        limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
-        async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
-            t0 = time.perf_counter()
-            seqs = await asyncio.gather(*(one(client, prompts[i % len(prompts)], n_new, t0) for i in range(n)))
-        return {"batch": n, "seqs": list(seqs)}
-
-    try:
-        asyncio.run(run(1, 4))
-        results = [asyncio.run(run(n, new)) for n in clients]
-    finally:
-        server.stop()
-    return {"runs": results}
-
-
 def worker_profile(model: dict, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:
     """Where a Kiln decode step spends its time (ONNX Runtime's profiler), and graph sizes of both ONNX peers."""
     from collections import Counter, defaultdict
@@ -460,7 +414,9 @@ WORKERS = {
     "ort-genai": worker_ort_genai,
     "kiln": worker_kiln,
     "kiln-http": worker_http,
+    "kiln-http-int4": worker_http_int4,
     "profile": worker_profile,
+    "http-profile": worker_http_profile,
     **quant_workers(worker_kiln, worker_ort_genai),
 }
 
@@ -658,7 +614,7 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
                     f"| {'yes' if r['complete'] else 'NO'} |"
                 )
         lines += ["", "| ratio (same run) | value | target | met |", "|---|---|---|---|"]
-        for label, value, target, ok in ratios(res):
+        for label, value, target, ok in ratios(res, name):
             lines.append(f"| {label} | {fmt(value, 2)}× | {target} | {ok} |")
         lines.append("")
         prof = profiles.get(name)
@@ -674,15 +630,18 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
                     f"{st['nodes_per_step']:.0f} kernels per step; kernel time by op: {share}"
                 )
             lines.append("")
+        if prof and prof.get("http"):
+            k1 = _get(res, "kiln", 1)
+            lines += render_pyspy(prof["http"], k1["tpot_p50"] if k1 else None)
     missed = [
         (name, label, value, target)
         for name in models
-        for label, value, target, ok in ratios(results[name])
+        for label, value, target, ok in ratios(results[name], name)
         if ok == "**no**"
     ]
     lines += ["## Targets in this run", ""]
     if not missed:
-        lines.append("Every issue-3 target in the tables above is met in this run.")
+        lines.append("Every issue-3 and issue-14 target in the tables above is met in this run.")
     for name, label, value, target in missed:
         lines.append(f"- **missed** ({name}): {label} = {value:.2f}×, target {target}")
     lines += ["", WHY, ""]
@@ -725,12 +684,17 @@ def _get(res: dict, backend: str, batch: int) -> dict | None:
     return next((r for r in res.get(backend, []) if r["batch"] == batch), None)
 
 
-def ratios(res: dict) -> list[tuple[str, float, str, str]]:
-    """(label, value, target, met) for the ratios issue 3 asks for, plus informative ones (target —)."""
+def ratios(res: dict, name: str = "") -> list[tuple[str, float, str, str]]:
+    """(label, value, target, met) for the ratios issues 3 and 14 ask for, plus informative ones
+    (target —). The int4 / fp32 batch-1 target (2.3×) is issue 14's for the 110M config only."""
     k1, k8 = _get(res, "kiln", 1), _get(res, "kiln", 8)
     h1, h8 = _get(res, "kiln-http", 1), _get(res, "kiln-http", 8)
     og1, og8 = _get(res, "ort-genai", 1), _get(res, "ort-genai", 8)
     t1, t8 = _get(res, "transformers", 1), _get(res, "transformers", 8)
+    q1, q8 = _get(res, "kiln-int4", 1), _get(res, "kiln-int4", 8)
+    e1, e8 = _get(res, "kiln-int8", 1), _get(res, "kiln-int8", 8)
+    g1, g8 = _get(res, "ort-genai-int4", 1), _get(res, "ort-genai-int4", 8)
+    hq1, hq8 = _get(res, "kiln-http-int4", 1), _get(res, "kiln-http-int4", 8)
     rows = [
         ("Kiln in-process / ort-genai, batch 1 (tok/s)", k1, og1, "tok_s", "tok_s", 1.0, ">="),
         ("Kiln in-process / transformers, batch 1 (tok/s)", k1, t1, "tok_s", "tok_s", 2.4, ">="),
@@ -757,6 +721,15 @@ def ratios(res: dict) -> list[tuple[str, float, str, str]]:
             None,
             "",
         ),
+        ("Kiln int4 / ort-genai int4, batch 1 (tok/s)", q1, g1, "tok_s", "tok_s", 1.0, ">="),
+        ("Kiln int4 / Kiln fp32, batch 1 (tok/s)", q1, k1, "tok_s", "tok_s", 2.3 if name == "110M" else None, ">="),
+        ("Kiln int4 / Kiln fp32, batch 8 (tok/s)", q8, k8, "tok_s", "tok_s", 1.0, ">="),
+        ("Kiln int4 / ort-genai int4, batch 8 (tok/s)", q8, g8, "tok_s", "tok_s", None, ""),
+        ("Kiln int8 / Kiln fp32, batch 1 (tok/s)", e1, k1, "tok_s", "tok_s", None, ""),
+        ("Kiln int8 / Kiln fp32, batch 8 (tok/s)", e8, k8, "tok_s", "tok_s", None, ""),
+        ("Kiln HTTP int4 8 clients / ort-genai int4 batch 8 (tok/s)", hq8, g8, "tok_s", "tok_s", 1.0, ">="),
+        ("TPOT p99 at 8 clients / TPOT p50 at 1 client (HTTP int4)", hq8, hq1, "tpot_p99", "tpot_p50", 3.0, "<="),
+        ("Kiln HTTP int4 1 client / Kiln int4 in-process batch 1 (tok/s)", hq1, q1, "tok_s", "tok_s", 0.9, ">="),
     ]
     out = []
     for label, num, den, kn, kd, target, op in rows:
@@ -798,7 +771,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also write the raw summaries as JSON")
     p.add_argument("--no-profile", action="store_true", help="skip the ONNX Runtime profile of Kiln's decode step")
     # internal: worker mode
-    p.add_argument("--worker", choices=[*BACKENDS, "profile"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=[*BACKENDS, "profile", "http-profile"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--sizes", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -865,7 +838,7 @@ def main(argv: list[str] | None = None) -> None:
                 # Each round starts one case later, so no case always follows the same neighbour
                 # (a case right after a heavy one can inherit its cache and frequency state).
                 for backend in backends[rnd % len(backends) :] + backends[: rnd % len(backends)]:
-                    sizes = clients if backend == "kiln-http" else batches
+                    sizes = clients if backend.startswith("kiln-http") else batches
                     log(f"[{name}] round {rnd + 1}/{args.repeats}: {backend} {sizes}")
                     out = run_worker(backend, spec_file, sizes, args.new_tokens, args.threads)
                     if backend == "transformers":
@@ -886,6 +859,10 @@ def main(argv: list[str] | None = None) -> None:
             if not args.no_profile:
                 log(f"[{name}] profiling a Kiln decode step")
                 profiles[name] = run_worker("profile", spec_file, batches, args.new_tokens, args.threads)
+                if "kiln-http" in backends:
+                    log(f"[{name}] py-spy on the HTTP server, {max(clients)} clients")
+                    prof = run_worker("http-profile", spec_file, clients, args.new_tokens, args.threads)
+                    profiles[name]["http"] = prof
         meta["load_after"] = loadavg()
         again = measure_bandwidth(args.threads, mib=64 if quick else 256)
         if again["read_gbs"] > meta["bandwidth"]["read_gbs"]:

@@ -3,6 +3,7 @@
   kiln-int8        Kiln's engine on the `int8` fused graph (MatMulNBits 8-bit, docs/quantization.md)
   kiln-int4        Kiln's engine on the `int4` fused graph (GPTQ 4-bit projections, 8-bit head)
   ort-genai-int4   onnxruntime-genai on its model builder's `-p int4 -e cpu` graph, same block size
+  kiln-http-int4   `kiln serve` on the int4 graph (its worker is in bench_http.py)
 
 `bench_generate.py` imports this module for three things: the case names (`BACKENDS`), the
 extra model preparation (`prepare`: a Kiln export with variants, the builder's int4 folder, the
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("kiln-int8", "kiln-int4", "ort-genai-int4")
-KILN_VARIANTS = {"kiln-int8": "int8", "kiln-int4": "int4"}
+BACKENDS = ("kiln-int8", "kiln-int4", "ort-genai-int4", "kiln-http-int4")
+KILN_VARIANTS = {"kiln-int8": "int8", "kiln-int4": "int4", "kiln-http-int4": "int4"}
 
 
 def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: Callable[[str], None]) -> dict:

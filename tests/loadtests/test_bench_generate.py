@@ -6,6 +6,7 @@ No timing assertions: only that every case ran, produced every token, and was re
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     cases = {(cells[0], cells[1]) for cells in (line.strip("| ").split(" | ") for line in rows)}
     expected = {("transformers", "1"), ("transformers", "2"), ("kiln", "1"), ("kiln", "2")}
     expected |= {("kiln-http", "1"), ("kiln-http", "2")}
-    expected |= {(case, n) for case in ("kiln-int8", "kiln-int4") for n in ("1", "2")}  # loadtests/bench_quant.py
+    expected |= {(case, n) for case in ("kiln-int8", "kiln-int4", "kiln-http-int4") for n in ("1", "2")}
     if importlib.util.find_spec("onnxruntime_genai") is not None:
         expected |= {(case, n) for case in ("ort-genai", "ort-genai-int4") for n in ("1", "2")}
     assert expected <= cases, sorted(cases)
@@ -52,3 +53,8 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     assert all(line.rstrip(" |").endswith("yes") for line in table), table
     assert "Kiln in-process / ort-genai, batch 1" in text or "ort-genai" not in {c for c, _ in expected}
     assert "Kiln HTTP 1 client / Kiln in-process batch 1" in text
+    assert "Kiln int4 / Kiln fp32, batch 1" in text and "Kiln HTTP int4 1 client / Kiln int4" in text
+    # loadtests/bench_http.py: py-spy on the server, or the reason it was skipped
+    assert "**HTTP server profile**" in text
+    if shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists():
+        assert "| event loop |" in text and "µs per token" in text, text

@@ -1,0 +1,184 @@
+"""The HTTP cases of the generation benchmark, kept beside `bench_generate.py`.
+
+  kiln-http        `kiln serve` (a real subprocess) with N streaming clients on /generate (SSE)
+  kiln-http-int4   the same on the `int4` fused graph (KILN_LM_VARIANT=int4)
+
+and the server's py-spy profile: after the timed rounds, the largest client count runs once
+more while py-spy samples the server's Python threads (out of process, `--nonblocking`, so the
+server is never paused). The summary says where the server's Python time goes per streamed
+token: the event-loop thread (routes, SSE, the data plane), the engine thread (batching,
+sampling, detokenization) and the rest — the cost issue 14 asks to keep small next to a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+PYSPY_RATE = 250  # samples per second per thread
+ENGINE_THREAD = "kiln-engine-"
+
+
+def _server(model: dict, clients: list[int], threads: int, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from tests.live_server import Server
+
+    return Server(
+        Path(model["kiln_repo"]),
+        capture_output=False,
+        KILN_INTRA_OP_THREADS=str(threads),
+        KILN_MAX_BATCH=str(max(max(clients), 8)),
+        KILN_GRPC_PORT="0",
+        OMP_NUM_THREADS=str(threads),
+        **env,
+    )
+
+
+async def _stream(url: str, prompts: list[dict], n: int, n_new: int) -> dict:
+    """n concurrent streaming clients; every token's arrival time and id per client."""
+    import httpx
+
+    async def one(client: httpx.AsyncClient, prompt: dict, t0: float) -> dict:
+        body = {"prompt": prompt["text"], "max_new_tokens": n_new, "temperature": 0, "ignore_eos": True, "stream": True}
+        seq: dict = {"submit": time.perf_counter() - t0, "times": [], "ids": [], "completion_tokens": 0}
+        async with client.stream("POST", "/generate", json=body) as resp:
+            if resp.status_code != 200:
+                raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
+            finish = False
+            async for line in resp.aiter_lines():
+                if line.startswith("event: finish"):
+                    finish = True
+                elif line.startswith("data: {"):
+                    data = json.loads(line[6:])
+                    if finish:
+                        seq["completion_tokens"] = data["usage"]["completion_tokens"]
+                        seq["prompt_tokens"] = data["usage"]["prompt_tokens"]
+                    elif data.get("token", -1) >= 0:
+                        seq["times"].append(time.perf_counter() - t0)
+                        seq["ids"].append(data["token"])
+        return seq
+
+    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        seqs = await asyncio.gather(*(one(client, prompts[i % len(prompts)], t0) for i in range(n)))
+    return {"batch": n, "seqs": list(seqs)}
+
+
+def worker_http(
+    model: dict, prompts: list[dict], clients: list[int], new: int, threads: int, env: dict[str, str] | None = None
+) -> dict:
+    server = _server(model, clients, threads, env or {})
+    try:
+        asyncio.run(_stream(server.url, prompts, 1, 4))  # warm-up
+        results = [asyncio.run(_stream(server.url, prompts, n, new)) for n in clients]
+    finally:
+        server.stop()
+    return {"runs": results}
+
+
+def worker_http_int4(model: dict, prompts: list[dict], clients: list[int], new: int, threads: int) -> dict:
+    """The server on the int4 export that bench_quant.prepare made (`kiln_quant_model`)."""
+    repo = str(Path(model["kiln_quant_model"]).parent)
+    return worker_http({**model, "kiln_repo": repo}, prompts, clients, new, threads, {"KILN_LM_VARIANT": "int4"})
+
+
+def worker_http_profile(model: dict, prompts: list[dict], clients: list[int], new: int, threads: int) -> dict:
+    """One run of the largest client count under py-spy (after a warm-up); the summary."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        return {"skipped": "py-spy is not installed (`pip install -e '.[bench]'`)"}
+    n = max(clients)
+    server = _server(model, clients, threads, {})
+    out = Path(tempfile.mkdtemp()) / "pyspy.txt"
+    try:
+        asyncio.run(_stream(server.url, prompts, 1, 4))
+        cmd = [py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(PYSPY_RATE), "--threads"]
+        cmd += ["--nonblocking", "--format", "raw", "--output", str(out)]
+        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # py-spy attached
+        t0 = time.perf_counter()
+        run = asyncio.run(_stream(server.url, prompts, n, new))
+        wall = time.perf_counter() - t0
+        spy.send_signal(signal.SIGINT)
+        _, err = spy.communicate(timeout=60)
+    finally:
+        server.stop()
+    if not out.exists():
+        return {"skipped": f"py-spy wrote nothing: {err[-500:]}"}
+    tokens = sum(len(s["ids"]) for s in run["seqs"])
+    return {"clients": n, "tokens": tokens, "wall_s": wall, **summarize_pyspy(out.read_text(), tokens)}
+
+
+def summarize_pyspy(raw: str, tokens: int) -> dict:
+    """Per-thread busy time per streamed token, and the functions it goes to (py-spy raw lines:
+    `thread (id): name;frame;...;leaf count`, idle samples excluded by py-spy)."""
+    per_thread: dict[str, int] = defaultdict(int)
+    leaf: dict[tuple[str, str], int] = defaultdict(int)
+    kiln: dict[tuple[str, str], int] = defaultdict(int)
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        role = thread_role(frames[0])
+        per_thread[role] += int(count)
+        leaf[(role, _function(frames[-1]))] += int(count)
+        for frame in dict.fromkeys(_function(f) for f in frames[1:] if "service/" in f or "contracts/" in f):
+            kiln[(role, frame)] += int(count)
+    us = 1e6 / PYSPY_RATE / max(tokens, 1)  # one sample ≈ 1/rate s of one thread's time
+    top = sorted(leaf.items(), key=lambda kv: -kv[1])[:10]
+    top_kiln = sorted(kiln.items(), key=lambda kv: -kv[1])[:10]
+    return {
+        "us_per_token": {role: n * us for role, n in sorted(per_thread.items(), key=lambda kv: -kv[1])},
+        "self": [(role, fn, n * us) for (role, fn), n in top],
+        "kiln_inclusive": [(role, fn, n * us) for (role, fn), n in top_kiln],
+    }
+
+
+def thread_role(head: str) -> str:
+    """`thread (123): MainThread` -> "event loop"; the engine thread; anything else by name."""
+    name = head.split(": ", 1)[-1]
+    if name == "MainThread":
+        return "event loop"
+    if name.startswith(ENGINE_THREAD):
+        return "engine"
+    return name.split("-")[0] or "other"
+
+
+def _function(frame: str) -> str:
+    """`func (path/to/file.py:12)` -> `func (file.py)`: lines of one function counted together."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name})" if where else name
+
+
+def render_pyspy(prof: dict, step_ms: float | None) -> list[str]:
+    if "skipped" in prof:
+        return [f"**HTTP server profile**: skipped ({prof['skipped']}).", ""]
+    threads = ", ".join(f"{role} {us:.0f} µs" for role, us in prof["us_per_token"].items())
+    share = ""
+    if step_ms:
+        loop = prof["us_per_token"].get("event loop", 0.0)
+        share = (
+            f" The event loop's share per token is {loop / 1000 / step_ms:.1%} of a batch-1 decode step"
+            f" ({step_ms:.2f} ms)."
+        )
+    lines = [
+        f"**HTTP server profile** (py-spy {PYSPY_RATE} Hz, non-blocking, {prof['clients']} streaming clients, "
+        f"{prof['tokens']} tokens in {prof['wall_s']:.1f} s): Python busy time per streamed token by thread: "
+        f"{threads}.{share}",
+        "",
+        "| thread | function (self time) | µs per token |",
+        "|---|---|---:|",
+    ]
+    lines += [f"| {role} | `{fn}` | {us:.1f} |" for role, fn, us in prof["self"]]
+    lines += ["", "| thread | Kiln function (inclusive) | µs per token |", "|---|---|---:|"]
+    lines += [f"| {role} | `{fn}` | {us:.1f} |" for role, fn, us in prof["kiln_inclusive"]]
+    return [*lines, ""]
