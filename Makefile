@@ -144,8 +144,10 @@ bench-generate: install
 	$(PY) -m pip install -q -e '.[export,dev,bench]'
 	$(PY) loadtests/bench_generate.py --out docs/benchmarks.md
 
+# Any variant: `make loadtest KILN_LM_VARIANT=int4 LOAD_DOC=docs/load-int4.md` (the doc names the variant).
+LOAD_DOC ?= docs/load.md
 loadtest: export
-	$(PY) loadtests/run_load.py --repository $(REPO) --model demo-lm --classifier demo-vit --out-dir runs/load --doc docs/load.md
+	$(PY) loadtests/run_load.py --repository $(REPO) --model demo-lm --classifier demo-vit --out-dir runs/load --doc $(LOAD_DOC)
 
 # The shared-prefix mix for SOAK_MINUTES with the server's RSS and open fds sampled -> docs/load.md
 # (its own section). Not part of `make test` or CI: it takes the full SOAK_MINUTES.
