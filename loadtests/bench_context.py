@@ -205,11 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     text = render(result)
     print(text)
-    if not args.out.exists() or BEGIN not in args.out.read_text():  # first run: the section's heading
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as doc:
-            doc.write(f"\n\n## Context length\n\n{BEGIN}\n{END}\n")
-    write_section(args.out, BEGIN, END, text)
+    write_section(args.out, BEGIN, END, text, heading="## Context length")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def _server(model: dict, clients: list[int], threads: int, env: dict[str, str]):
         KILN_MAX_BATCH=str(max(max(clients), 8)),
         KILN_GRPC_PORT="0",
         OMP_NUM_THREADS=str(threads),
+        KILN_PREFIX_CACHE="false",  # the same work per token as the peers (bench_generate.SAME_WORK)
+        KILN_SPECULATIVE="off",
         **env,
     )
 

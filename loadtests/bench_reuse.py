@@ -328,11 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         if tmp is not None:
             tmp.cleanup()
     print(text)
-    if not args.out.exists() or BEGIN not in args.out.read_text():  # first run: the section's heading
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as doc:
-            doc.write(f"\n\n{HEADING}\n\n{BEGIN}\n{END}\n")
-    write_section(args.out, BEGIN, END, text)
+    write_section(args.out, BEGIN, END, text, heading=HEADING)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,17 @@ def shed(response) -> None:  # type: ignore[no-untyped-def]
     time.sleep(float(response.headers.get("retry-after", "1")))
 
 
+def accepted(response) -> bool:  # type: ignore[no-untyped-def]
+    """A 200 goes on to be checked; a 429 is shed (see `shed`); anything else is a failure."""
+    if response.status_code == 429:
+        shed(response)
+        return False
+    if response.status_code != 200:
+        response.failure(f"{response.status_code}: {response.text[:200]}")
+        return False
+    return True
+
+
 class KilnHttpUser(HttpUser):
     wait_time = between(0.05, 0.3)
     weight = 3
@@ -121,11 +132,7 @@ class KilnHttpUser(HttpUser):
         with self.client.post(
             "/generate", json=_generate_body(True), stream=True, catch_response=True, name="/generate [stream]"
         ) as r:
-            if r.status_code == 429:
-                shed(r)
-                return
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+            if not accepted(r):
                 return
             for line in r.iter_lines():
                 if line.startswith(b"data:") and first is None:
@@ -217,11 +224,7 @@ class KilnChatUser(HttpUser):
         with self.client.post(
             "/v1/chat/completions", json=self._body(False, schema), catch_response=True, name=name
         ) as r:
-            if r.status_code == 429:
-                shed(r)
-                return
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+            if not accepted(r):
                 return
             choice = r.json()["choices"][0]
             if schema and choice["finish_reason"] == "stop":
@@ -281,11 +284,7 @@ class KilnPrefixUser(HttpUser):
         body = {"prompt": prompt, "max_new_tokens": 16, **sampling, "stream": True}
         name = "/generate [shared prefix]"
         with self.client.post("/generate", json=body, stream=True, catch_response=True, name=name) as r:
-            if r.status_code == 429:
-                shed(r)
-                return
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+            if not accepted(r):
                 return
             out = parse_sse(line.decode() for line in r.iter_lines())
             if out["cached"] < 0:

@@ -318,14 +318,16 @@ def markdown(r: dict, figures: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc: Path, begin: str, end: str, body: str) -> None:
-    """Replace the text between two marker comments (appending the markers if absent)."""
+def write_section(doc: Path, begin: str, end: str, body: str, heading: str | None = None) -> None:
+    """Replace the text between two marker comments (appending the markers, under `heading` if
+    given, when absent)."""
     text = doc.read_text() if doc.exists() else ""
     block = f"{begin}\n{body}\n{end}"
     if begin in text and end in text:
         text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        title = f"{heading}\n\n" if heading else ""
+        text = text.rstrip() + "\n\n" + title + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
 

@@ -35,7 +35,7 @@ from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
 from service.engine.runner import ModelRunner
 from service.engine.sampling import token_logprobs
 from service.engine.sequence import ActiveSequence
-from service.engine.speculative import SpecConfig, accepted_prefix, propose
+from service.engine.speculative import SpecConfig, SpecCost, accepted_prefix, propose
 from service.errors import QueueFull, Unavailable
 
 log = logging.getLogger("kiln.engine")
@@ -76,6 +76,7 @@ class GenerationEngine:
         self._mask_pool: ThreadPoolExecutor | None = None  # structured outputs only
         # n-gram speculation needs a runner that scores a guess in one call (`verify`).
         self.spec = speculative if speculative is not None and runner.can_verify else None
+        self.spec_cost = SpecCost()  # verify call against decode step, as measured here
         reuse = runner.prefix_reuse if prefix_cache else "none"
         self.cache = (
             PrefixCache(runner.max_batch, shared=prefix_cache_shared, partial=reuse == "partial")
@@ -265,7 +266,10 @@ class GenerationEngine:
         self.obs.batch_size(self.name, len(self._active))
         last = np.fromiter((s.last_token for s in self._active), dtype=np.int64, count=len(self._active))
         masks = self._prepare_masks()
+        started = time.perf_counter()
         logits = self.runner.decode(last)
+        if len(last) == 1 and self.spec is not None:
+            self.spec_cost.saw_decode(time.perf_counter() - started)
         if masks is not None:
             masks.result()
         # Walk backwards so finishing (which moves the last row into the hole) is safe.
@@ -279,15 +283,19 @@ class GenerationEngine:
         if self.spec is None or len(self._active) != 1 or self._prefilling is not None:
             return False
         seq = self._active[0]
-        if not seq.fast_greedy or not seq.acceptance.worthwhile:
+        if not seq.fast_greedy or not seq.acceptance.worthwhile or not self.spec_cost.pays(seq.acceptance):
             return False
+        if self.spec_cost.verify_s is not None and self.spec_cost.decode_s is None:
+            return False  # one plain step first, to learn what a guess must beat
         held = self.runner.length(0)
         room = min(self.spec.tokens, seq.req.max_new_tokens - seq.generated - 1, self.runner.max_seq_len - held - 1)
         draft = propose(seq.tokens, self.spec)[: max(room, 0)]
         if not draft:
             return False
         self.obs.batch_size(self.name, 1)
+        started = time.perf_counter()
         logits = self.runner.verify(0, [seq.last_token, *draft])
+        self.spec_cost.saw_verify(time.perf_counter() - started)
         accepted = accepted_prefix(logits, draft)
         self.runner.truncate(0, held + 1 + accepted)  # the last token and the confirmed guesses
         seq.acceptance.record(len(draft), accepted)

@@ -7,7 +7,10 @@ forward pass over the last token and the guess scores every position; the longes
 the guess that greedy decoding would have chosen is kept, plus the model's own next token, and
 the slot is rolled back past the rest. Greedy output is therefore exactly what plain decoding
 gives. Only greedy requests speculate (a sampled request would need the acceptance rule for
-its distribution); a sequence whose guesses keep failing stops guessing.
+its distribution); a sequence whose guesses keep failing stops guessing, and so does one whose
+guesses, right as they may be, do not pay for the verify calls on this model and machine
+(`SpecCost`: a verify call scores k + 1 positions, which on a tiny model dominated by per-call
+overhead costs several decode steps; on a bandwidth-bound one about one).
 """
 
 from __future__ import annotations
@@ -57,6 +60,36 @@ class Acceptance:
         self.steps += 1
         self.proposed += proposed
         self.accepted += accepted
+
+
+class SpecCost:
+    """What a verify call costs against a plain batch-1 decode step here (moving averages of both,
+    measured by the engine as it runs), and whether a sequence's record pays for it: a verify call
+    yields 1 + (accepted per call) tokens where a decode step yields 1."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self.smoothing = smoothing
+        self.decode_s: float | None = None
+        self.verify_s: float | None = None
+
+    def _mix(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.smoothing * (new - old)
+
+    def saw_decode(self, seconds: float) -> None:
+        self.decode_s = self._mix(self.decode_s, seconds)
+
+    def saw_verify(self, seconds: float) -> None:
+        self.verify_s = self._mix(self.verify_s, seconds)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.decode_s is not None and self.verify_s is not None
+
+    def pays(self, record: Acceptance) -> bool:
+        """True while the record is still being judged or either cost is unknown."""
+        if record.steps < record.config.probe_steps or self.decode_s is None or self.verify_s is None:
+            return True
+        return (1 + record.accepted / record.steps) * self.decode_s >= self.verify_s
 
 
 def accepted_prefix(logits: np.ndarray, draft: list[int]) -> int:

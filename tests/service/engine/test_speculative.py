@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from service.backends.onnxruntime_lm import make_runner
 from service.engine.engine import GenerationEngine
 from service.engine.observer import EngineObserver
 from service.engine.sampling import SamplingParams
-from service.engine.speculative import Acceptance, SpecConfig, accepted_prefix, propose
+from service.engine.speculative import Acceptance, SpecConfig, SpecCost, accepted_prefix, propose
 from tests.service.engine import test_engine
 from tests.service.engine.test_engine import request
 
@@ -38,6 +40,21 @@ def test_a_sequence_that_keeps_missing_gives_up() -> None:
         assert record.worthwhile
         record.record(4, 1)
     assert not record.worthwhile
+
+
+def test_guesses_must_pay_for_their_verify_calls() -> None:
+    record = Acceptance(SpecConfig(probe_steps=2))
+    cost = SpecCost(smoothing=1.0)  # the latest measurement only
+    cost.saw_decode(0.001)
+    cost.saw_verify(0.003)  # a verify call costs three decode steps
+    record.record(4, 1)
+    assert cost.pays(record)  # still being judged
+    record.record(4, 2)  # 1.5 accepted per call: 2.5 tokens per call, less than the 3 it costs
+    assert record.worthwhile and not cost.pays(record)
+    record.record(4, 4)
+    record.record(4, 4)  # 2.75 accepted per call: 3.75 tokens for the price of 3
+    assert cost.pays(record)
+    assert SpecCost().pays(record)  # nothing measured yet: no reason to stop
 
 
 class Counting(EngineObserver):
@@ -136,5 +153,27 @@ def test_a_sequence_that_keeps_missing_stops_guessing(tiny_lm_repo, plain) -> No
     try:
         got, _ = run(engine, GROUNDED, 60)
         assert got == run(plain, GROUNDED, 60)[0] and observer.steps == 3
+    finally:
+        engine.stop()
+
+
+def test_right_guesses_that_cost_more_than_they_save_stop(tiny_lm_repo, plain) -> None:  # type: ignore[no-untyped-def]
+    """Acceptance alone would keep guessing on GROUNDED; a verify call made slower than the tokens
+    it yields (as on a model whose steps are all per-call overhead) must end it after the probe."""
+    observer = Counting()
+    engine = engine_for(tiny_lm_repo, SpecConfig(probe_steps=3), observer)
+    verify = engine.runner.verify
+
+    def slow_verify(row, token_ids):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        return verify(row, token_ids)
+
+    engine.runner.verify = slow_verify
+    engine.start()
+    try:
+        got, _ = run(engine, GROUNDED, 60)
+        assert got == run(plain, GROUNDED, 60)[0]
+        assert observer.steps == 3 and observer.accepted > 0  # right guesses, and still it stopped
+        assert engine.spec_cost.verify_s > 10 * engine.spec_cost.decode_s
     finally:
         engine.stop()
