@@ -69,7 +69,7 @@ def test_shared_prefix_mix_is_exact_isolated_and_bounded(tiny_lm_vision_repo, tm
     assert int(cells[3]) == 0 and cells[-1] == "pass"  # no failures: every user authenticated
     assert "/generate [shared prefix]" in text and "/v1/chat/completions [growing history]" in text
     summary = next(line for line in text.splitlines() if line.startswith("- **prefix** (shared prefixes)"))
-    assert "replayed on a server without cache or speculation: 0 differ" in summary
+    assert "speculation off in this scenario) replayed on a server without the cache: 0 differ" in summary
     assert "cached tokens [0]" in summary  # every probe, during and after the load
     assert text.count("<!-- soak:begin -->") == 1 and "the soak table" in text  # the soak's section is kept
     assert not text.startswith("old results")
