@@ -102,7 +102,8 @@ class TritonConnection:
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self.poll_s = poll_s
-        self._aio: tuple[asyncio.AbstractEventLoop, object] | None = None
+        self._aio: tuple[asyncio.AbstractEventLoop, object, int] | None = None
+        self._recoveries = 0  # times a model turned ready: each retires the inference channel
         self._models: dict[str, ModelState] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -115,8 +116,12 @@ class TritonConnection:
         import tritonclient.grpc.aio as grpc_aio
 
         loop = asyncio.get_running_loop()
-        if self._aio is None or self._aio[0] is not loop:
-            self._aio = (loop, grpc_aio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS))
+        if self._aio is None or self._aio[0] is not loop or self._aio[2] != self._recoveries:
+            # After Triton comes back (the monitor saw a model turn ready), a fresh channel: the old
+            # one may sit in reconnect backoff and fail every call fast until its next attempt.
+            # Calls still running on it keep it alive until they finish.
+            client = grpc_aio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+            self._aio = (loop, client, self._recoveries)
         return self._aio[1]
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
@@ -213,6 +218,8 @@ class TritonConnection:
         if config is not None:
             state.config = config
         state.checked.set()
+        if changed and ready:
+            self._recoveries += 1
         if changed:
             log.warning("Triton model %s is %s (%s)", model, "ready" if ready else "unavailable", reason)
             for callback in state.on_change:
