@@ -883,7 +883,9 @@ def main(argv: list[str] | None = None) -> None:
             Path(args.out).write_text(text + kept_sections(Path(args.out)))
             log(f"wrote {args.out}")
         if args.json:
-            Path(args.json).write_text(json.dumps({"meta": meta, "models": models, "results": results, "profiles": profiles}, indent=2))
+            Path(args.json).write_text(
+                json.dumps({"meta": meta, "models": models, "results": results, "profiles": profiles}, indent=2)
+            )
     finally:
         if tmp is not None:
             tmp.cleanup()
