@@ -81,10 +81,6 @@ class SpecCost:
     def saw_verify(self, seconds: float) -> None:
         self.verify_s = self._mix(self.verify_s, seconds)
 
-    @property
-    def calibrated(self) -> bool:
-        return self.decode_s is not None and self.verify_s is not None
-
     def pays(self, record: Acceptance) -> bool:
         """True while the record is still being judged or either cost is unknown."""
         if record.steps < record.config.probe_steps or self.decode_s is None or self.verify_s is None:
