@@ -37,7 +37,7 @@ from export.chat import TEMPLATE_FILE, find_chat_template, special_tokens
 from export.checkpoint import Checkpoint
 from export.hybrid_graph import export_hybrid_onnx, input_names, output_names
 from export.models.hybrid import HybridLM
-from export.onnx_export import toolchain_versions
+from export.onnx_export import new_report
 from export.triton_repo import staged_entry, write_lm_python_entry
 from export.variants import token_windows
 from export.verify_hybrid import verify_against_transformers, verify_hybrid
@@ -98,20 +98,7 @@ def export_hybrid_checkpoint(
     assert isinstance(model, HybridLM)
     cfg = model.config
     with staged_entry(repository, name) as staging:
-        report: dict = {
-            "name": name,
-            "kind": "text-generation",
-            "architecture": "hybrid",
-            "checkpoint": str(ckpt.path),
-            "source": ckpt.source,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "config": cfg.__dict__,
-            "verification": {},
-            "perplexity": {},
-            "size_bytes": {},
-            "timings_s": {},
-            "versions": toolchain_versions(),
-        }
+        report = new_report(name, ckpt, ckpt.path, architecture="hybrid")
         t = time.perf_counter()
         prefill = export_hybrid_onnx(model, staging / FILES["fp32"])
         decode = export_hybrid_onnx(model, staging / DECODE_FILES["fp32"], decode=True)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import onnxruntime as ort
 import torch
 
 from export.models.decoder import DecoderLM, OnnxWrapper
+
+if TYPE_CHECKING:
+    from export.checkpoint import Checkpoint
 
 OPSET = 17
 
@@ -28,6 +32,27 @@ def toolchain_versions() -> dict[str, str]:
         "onnxruntime": ort.__version__,
         "python": platform.python_version(),
     }
+
+
+def new_report(name: str, ckpt: Checkpoint, checkpoint: str | Path, architecture: str | None = None) -> dict:
+    """The text-generation export report before any graph is built: what was exported, from
+    where, and with which tools; the stages fill `verification`, `perplexity`, `size_bytes` and
+    `timings_s`. The key order is the order `export_report.json` shows."""
+    report: dict = {"name": name, "kind": "text-generation"}
+    if architecture is not None:
+        report["architecture"] = architecture
+    report.update(
+        checkpoint=str(checkpoint),
+        source=ckpt.source,
+        parameters=sum(p.numel() for p in ckpt.model.parameters()),
+        config=ckpt.model.config.__dict__,
+        verification={},
+        perplexity={},
+        size_bytes={},
+        timings_s={},
+        versions=toolchain_versions(),
+    )
+    return report
 
 
 def input_names(num_layers: int) -> list[str]:

@@ -19,7 +19,7 @@ from export.checkpoint import load_checkpoint
 from export.fused_graph import build_fused_lm_onnx, fused_unsupported
 from export.hybrid_pipeline import export_hybrid_checkpoint
 from export.models.hybrid import HybridLM
-from export.onnx_export import export_lm_onnx, toolchain_versions
+from export.onnx_export import export_lm_onnx, new_report
 from export.progress import bar
 from export.quant.config import QuantConfig
 from export.quant.variants import FILES as QUANT_FILES
@@ -76,19 +76,7 @@ def export_checkpoint(
     cfg = model.config
     stages = bar(5, f"export {name}", unit="stage")  # graph, fused, variants, perplexity, write
     with staged_entry(repository, name) as staging:
-        report: dict = {
-            "name": name,
-            "kind": "text-generation",
-            "checkpoint": str(checkpoint),
-            "source": ckpt.source,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "config": cfg.__dict__,
-            "verification": {},
-            "perplexity": {},
-            "size_bytes": {},
-            "timings_s": {},
-            "versions": toolchain_versions(),
-        }
+        report = new_report(name, ckpt, checkpoint)
         t = time.perf_counter()
         fp32 = export_lm_onnx(model, staging / FILES["fp32"])
         report["timings_s"]["export"] = time.perf_counter() - t

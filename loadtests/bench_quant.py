@@ -59,8 +59,10 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
             )
         files = json.loads(manifest.read_text())["files"]
         extra["kiln_quant_model"] = str(entry)
+        # kiln-int4 and kiln-http-int4 serve the same graph: read each variant's file once.
+        per_variant = {v: step_weight_bytes(entry / files[v]) for v in dict.fromkeys(KILN_VARIANTS.values())}
         for backend, variant in KILN_VARIANTS.items():
-            extra["step_bytes"][backend] = step_weight_bytes(entry / files[variant])
+            extra["step_bytes"][backend] = per_variant[variant]
     if "ort-genai-int4" in wanted:
         og_dir = base / "ort-genai-int4"
         if not (og_dir / "genai_config.json").exists():

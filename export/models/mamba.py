@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from export.models.ssm_common import causal_conv, reset_conv, run_scan, softplus, softplus_inverse_dt
+
 
 @dataclass(frozen=True)
 class MambaDims:
@@ -50,75 +52,6 @@ class MambaDims:
     @property
     def dt_rank(self) -> int:
         return self.time_step_rank or math.ceil(self.hidden_size / 16)
-
-
-@torch.jit.script
-def selective_scan(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, h: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """h_t = a_t ⊙ h_{t-1} + b_t and y_t = Σ_n h_t[..., n] c_t[..., n], time on axis 0.
-
-    Scripted so that ONNX export turns the loop into one `Loop` node over a dynamic number of
-    tokens (tracing would unroll it for the example length).
-    """
-    ys: list[torch.Tensor] = []
-    for t in range(a.shape[0]):
-        h = a[t] * h + b[t]
-        ys.append((h * c[t]).sum(-1))
-    return torch.stack(ys, 0), h
-
-
-def softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + eˣ), written as max(x, 0) + log(1 + e^-|x|) (the same function, stable for any x).
-
-    ONNX Runtime's Softplus kernel is single-threaded and slow: it took 8% of a Mamba decode
-    step at batch 8; these elementwise ops take a fraction of that.
-    """
-    return x.clamp_min(0) + torch.log1p(torch.exp(-x.abs()))
-
-
-def causal_conv(
-    x: torch.Tensor, conv_state: torch.Tensor, conv: nn.Conv1d, lengths: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution continuing from `conv_state`; x is [B, C, S].
-
-    Returns SiLU(conv) [B, C, S] and the new state: the k-1 inputs before each row's
-    `lengths[b]`-th new position, i.e. its last k-1 valid inputs (past ones if it had none).
-    """
-    full = torch.cat([conv_state, x], dim=-1)  # [B, C, k-1+S]
-    if x.shape[-1] == 1:
-        # One new token (the decode graph): the window times the taps, summed. ONNX Runtime's
-        # depthwise Conv over a k-long window took a third of a Mamba decode step; this is a Mul
-        # and a ReduceSum.
-        out = (full * conv.weight[:, 0, :]).sum(-1, keepdim=True)
-        if conv.bias is not None:
-            out = out + conv.bias[:, None]
-    else:
-        out = F.conv1d(full, conv.weight, conv.bias, groups=full.shape[1])
-    keep = conv_state.shape[-1]
-    idx = lengths[:, None, None] + torch.arange(keep, device=x.device)[None, None, :]
-    new_state = torch.gather(full, 2, idx.expand(full.shape[0], full.shape[1], keep))
-    return F.silu(out), new_state
-
-
-def run_scan(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recurrence over axis 1 of [B, S, ...] tensors.
-
-    One step needs no loop (the decode graph). Exporting S > 1 goes through the scripted loop
-    (an ONNX `Loop`); eager PyTorch runs a Python loop over `unbind`, whose backward is one
-    stack — indexing `a[t]` in a loop would make autograd write a full-size gradient per step.
-    """
-    if a.shape[1] == 1:
-        h = a[:, 0] * h + b[:, 0]
-        return (h * c[:, 0]).sum(-1).unsqueeze(1), h
-    if torch.onnx.is_in_onnx_export():
-        ys, h = selective_scan(a.transpose(0, 1), b.transpose(0, 1), c.transpose(0, 1), h)
-        return ys.transpose(0, 1), h
-    out: list[torch.Tensor] = []
-    for a_t, b_t, c_t in zip(a.unbind(1), b.unbind(1), c.unbind(1), strict=True):
-        h = a_t * h + b_t
-        out.append((h * c_t).sum(-1))
-    return torch.stack(out, 1), h
 
 
 class MambaMixer(nn.Module):
@@ -145,11 +78,8 @@ class MambaMixer(nn.Module):
         self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
         self.D.fill_(1.0)
         nn.init.uniform_(self.dt_proj.weight, -(r**-0.5), r**-0.5)
-        dt = torch.exp(torch.rand(d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
-        nn.init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
-        if self.conv1d.bias is not None:
-            self.conv1d.bias.zero_()
+        self.dt_proj.bias.copy_(softplus_inverse_dt(d, dt_min, dt_max))
+        reset_conv(self.conv1d)
 
     def forward(
         self, u: torch.Tensor, valid: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor

@@ -9,20 +9,19 @@ group, `y · SiLU(z)` normalised) precedes out_proj. Per layer and row:
 
 Padding works as in Mamba-1: Δ = 0 at padded positions, so the state passes through them
 unchanged. The recurrence runs through the same `selective_scan` (an ONNX `Loop` over S) and
-the same single-step path for the decode graph. Parameter names follow Hugging Face's
-`Mamba2Mixer`.
+the same single-step path for the decode graph (export/models/ssm_common.py). Parameter names
+follow Hugging Face's `Mamba2Mixer`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from export.models.mamba import causal_conv, run_scan, softplus
+from export.models.ssm_common import causal_conv, reset_conv, run_scan, softplus, softplus_inverse_dt
 
 
 @dataclass(frozen=True)
@@ -140,11 +139,8 @@ class Mamba2Mixer(nn.Module):
         h = self.dims.num_heads
         self.A_log.copy_(torch.log(torch.arange(1, h + 1, dtype=torch.float32)))
         self.D.fill_(1.0)
-        dt = torch.exp(torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        nn.init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
-        if self.conv1d.bias is not None:
-            self.conv1d.bias.zero_()
+        self.dt_bias.copy_(softplus_inverse_dt(h, dt_min, dt_max))
+        reset_conv(self.conv1d)
 
     def forward(
         self, u: torch.Tensor, valid: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor

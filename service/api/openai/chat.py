@@ -27,13 +27,12 @@ from service.api.openai.chat_protocol import (
     MessageOut,
     TokenLogprob,
 )
-from service.api.openai.merge import merged_bursts
 from service.api.openai.protocol import FINISH, CompletionUsage, openai_errors
+from service.api.openai.streaming import stream_sse
 from service.api.schemas import CHAT_SSE_200, ERRORS, TEXT
 from service.dataplane.text import Completed, TextOptions, collect
-from service.engine.request import FinishEvent, TokenEvent
+from service.engine.request import TokenEvent
 from service.engine.textgen import BaseTextModel, TextStream
-from service.errors import KilnError
 from service.http import sse
 from service.http.cancellation import until_done_or_disconnected
 
@@ -113,7 +112,26 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):  # ty
     return ChatCompletion(id=completion_id, created=created, model=model.name, choices=choices, usage=usage)
 
 
-async def stream_chunks(
+class ChatChunks:
+    """`chat.completion.chunk` deltas; with include_usage every chunk carries `"usage": null`."""
+
+    def __init__(self, head: dict[str, Any], model: BaseTextModel, want_logprobs: bool, include_usage: bool) -> None:
+        self.head, self.model, self.want_logprobs = head, model, want_logprobs
+        self.usage_field = {"usage": None} if include_usage else {}
+
+    def chunk(self, index: int, delta: dict, finish: str | None = None, logprobs: list | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": {"content": logprobs} if logprobs else None}
+        return sse.event({**self.head, "choices": [{**choice, "finish_reason": finish}], **self.usage_field})
+
+    def token(self, index: int, event: TokenEvent) -> bytes | None:
+        logprobs = [token_logprob(self.model, event)] if self.want_logprobs and event.token_id >= 0 else None
+        return self.chunk(index, {"content": event.text}, logprobs=logprobs) if event.text or logprobs else None
+
+    def finish(self, index: int, reason: str) -> bytes:
+        return self.chunk(index, {}, reason)
+
+
+def stream_chunks(
     streams: list[TextStream],
     model: BaseTextModel,
     head: dict[str, Any],
@@ -121,42 +139,9 @@ async def stream_chunks(
     prompt_tokens: int,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """The choices' events as chat chunks, one write per burst."""
-    usage_field = {"usage": None} if include_usage else {}
-    remaining, completion_tokens, cached = len(streams), 0, 0
+    """The choices' events as chat chunks, one write per burst, after each choice's role delta.
 
-    def chunk(index: int, delta: dict, finish: str | None = None, logprobs: list | None = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": {"content": logprobs} if logprobs else None}
-        return sse.event({**head, "choices": [{**choice, "finish_reason": finish}], **usage_field})
-
-    try:
-        yield b"".join(chunk(index, {"role": "assistant", "content": ""}) for index in range(len(streams)))
-        async for burst in merged_bursts(streams):
-            out: list[bytes] = []
-            for index, event in burst:
-                if isinstance(event, FinishEvent):
-                    if event.reason == "error":
-                        error = event.error or KilnError(event.message or "inference failed", code="inference_failed")
-                        yield b"".join([*out, sse.error_event(error), sse.DONE])
-                        return
-                    remaining -= 1
-                    completion_tokens += event.completion_tokens
-                    if index == 0:  # the choices share one prompt: usage counts it once
-                        cached = event.cached_tokens
-                    out.append(chunk(index, {}, FINISH.get(event.reason, event.reason)))
-                    continue
-                logprobs = [token_logprob(model, event)] if want_logprobs and event.token_id >= 0 else None
-                if event.text or logprobs:
-                    out.append(chunk(index, {"content": event.text}, logprobs=logprobs))
-            if not remaining:
-                if include_usage:
-                    usage = CompletionUsage.of(prompt_tokens, completion_tokens, cached).model_dump()
-                    out.append(sse.event({**head, "choices": [], "usage": usage}))
-                out.append(sse.DONE)
-            if out:
-                yield b"".join(out)
-            if not remaining:
-                return
-    finally:
-        for stream in streams:
-            stream.cancel()
+    The choices share one prompt, so usage counts its cached tokens once (choice 0's)."""
+    chunks = ChatChunks(head, model, want_logprobs, include_usage)
+    roles = b"".join(chunks.chunk(index, {"role": "assistant", "content": ""}) for index in range(len(streams)))
+    return stream_sse(streams, head, chunks, prompt_tokens, include_usage, len(streams), preamble=roles)

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.context import caller_of, text_plane
-from service.api.openai.merge import merged_bursts
 from service.api.openai.protocol import (
     FINISH,
     Completion,
@@ -21,11 +20,11 @@ from service.api.openai.protocol import (
     LogProbs,
     openai_errors,
 )
+from service.api.openai.streaming import stream_sse
 from service.api.schemas import COMPLETIONS_SSE_200, ERRORS, TEXT
 from service.dataplane.text import Completed, TextOptions, collect
-from service.engine.request import FinishEvent, TokenEvent
+from service.engine.request import TokenEvent
 from service.engine.textgen import BaseTextModel, TextStream
-from service.errors import KilnError
 from service.http import sse
 from service.http.cancellation import until_done_or_disconnected
 
@@ -111,7 +110,27 @@ async def completions(body: CompletionRequest, request: Request):  # type: ignor
     return Completion(id=completion_id, created=created, model=model.name, choices=choices, usage=usage)
 
 
-async def stream_chunks(
+class CompletionChunks:
+    """`text_completion` chunks (plain dicts: no model validation per token)."""
+
+    def __init__(self, head: dict, model: BaseTextModel, choices: int, want_logprobs: bool) -> None:
+        self.head = head
+        self.builders = [LogProbBuilder(model) if want_logprobs else None for _ in range(choices)]
+
+    def chunk(self, index: int, text: str, finish: str | None = None, logprobs: LogProbs | None = None) -> bytes:
+        choice = {"index": index, "text": text, "logprobs": logprobs.model_dump() if logprobs else None}
+        return sse.event({**self.head, "choices": [{**choice, "finish_reason": finish}]})
+
+    def token(self, index: int, event: TokenEvent) -> bytes | None:
+        builder = self.builders[index]
+        logprobs = builder.add(event) if builder and event.token_id >= 0 else None
+        return self.chunk(index, event.text, logprobs=logprobs) if event.text or logprobs else None
+
+    def finish(self, index: int, reason: str) -> bytes:
+        return self.chunk(index, "", reason)
+
+
+def stream_chunks(
     streams: list[TextStream],
     model: BaseTextModel,
     completion_id: str,
@@ -120,44 +139,7 @@ async def stream_chunks(
     prompt_tokens: int,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """The choices' events as `text_completion` chunks, one write per burst (plain dicts: no
-    model validation per token)."""
+    """The choices' events as `text_completion` chunks, one write per burst."""
     head = {"id": completion_id, "object": "text_completion", "created": created, "model": model.name}
-    builders = [LogProbBuilder(model) if body.logprobs is not None else None for _ in streams]
-    remaining = len(streams)
-    completion_tokens = cached = 0
-
-    def chunk(index: int, text: str, finish: str | None = None, logprobs: LogProbs | None = None) -> bytes:
-        choice = {"index": index, "text": text, "logprobs": logprobs.model_dump() if logprobs else None}
-        return sse.event({**head, "choices": [{**choice, "finish_reason": finish}]})
-
-    try:
-        async for burst in merged_bursts(streams):
-            out: list[bytes] = []
-            for index, event in burst:
-                if isinstance(event, FinishEvent):
-                    if event.reason == "error":
-                        error = event.error or KilnError(event.message or "inference failed", code="inference_failed")
-                        yield b"".join([*out, sse.error_event(error), sse.DONE])
-                        return
-                    remaining -= 1
-                    completion_tokens += event.completion_tokens
-                    cached += event.cached_tokens if index % body.n == 0 else 0  # once per prompt, as usage counts
-                    out.append(chunk(index, "", FINISH.get(event.reason, event.reason)))
-                    continue
-                builder = builders[index]
-                logprobs = builder.add(event) if builder and event.token_id >= 0 else None
-                if event.text or logprobs:
-                    out.append(chunk(index, event.text, logprobs=logprobs))
-            if not remaining:
-                if include_usage:
-                    usage = CompletionUsage.of(prompt_tokens, completion_tokens, cached).model_dump()
-                    out.append(sse.event({**head, "choices": [], "usage": usage}))
-                out.append(sse.DONE)
-            if out:
-                yield b"".join(out)
-            if not remaining:
-                return
-    finally:
-        for stream in streams:
-            stream.cancel()
+    chunks = CompletionChunks(head, model, len(streams), body.logprobs is not None)
+    return stream_sse(streams, head, chunks, prompt_tokens, include_usage, choices_per_prompt=body.n)
