@@ -1,10 +1,18 @@
-"""ONNX Runtime sessions as Kiln runs them: every graph optimization, CPU, one inter-op thread."""
+"""ONNX Runtime sessions as Kiln runs them: every graph optimization, CPU, one inter-op thread.
+
+ONNX Runtime's own log is kept to errors. At warning level it prints, for every session of a
+fused LM graph, that `logits_from` is an initializer listed among the graph inputs: true and
+deliberate (an input with a default, so decode calls need not bind it), and the kind of line
+that teaches operators to ignore a server's log. Errors still print.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import onnxruntime as ort
+
+ORT_LOG_ERROR = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
 
 def cpu_session(
@@ -15,6 +23,7 @@ def cpu_session(
     makes idle intra-op threads sleep instead of busy-waiting between runs: for sessions that share
     the cores with Python work between runs (the classifier, whose requests are decoded meanwhile)."""
     opts = ort.SessionOptions()
+    opts.log_severity_level = ORT_LOG_ERROR
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
