@@ -2,6 +2,9 @@
 
   kiln-int8        Kiln's engine on the `int8` fused graph (MatMulNBits 8-bit, docs/quantization.md)
   kiln-int4        Kiln's engine on the `int4` fused graph (GPTQ 4-bit projections, 8-bit head)
+  kiln-int4-head4  the same with the LM head and embedding at 4 bits too (`--int4-head-bits 4`):
+                   the bytes per step onnxruntime-genai's int4 reads, at the quality cost
+                   docs/quantization.md measures; the speed side of that trade from this run
   ort-genai-int4   onnxruntime-genai on its model builder's `-p int4 -e cpu` graph, same block size
   kiln-http-int4   `kiln serve` on the int4 graph (its worker is in bench_http.py)
 
@@ -24,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("kiln-int8", "kiln-int4", "ort-genai-int4", "kiln-http-int4")
+BACKENDS = ("kiln-int8", "kiln-int4", "kiln-int4-head4", "ort-genai-int4", "kiln-http-int4")
 KILN_VARIANTS = {"kiln-int8": "int8", "kiln-int4": "int4", "kiln-http-int4": "int4"}
+HEAD4 = "kiln-int4-head4"
 
 
 def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: Callable[[str], None]) -> dict:
@@ -40,29 +44,19 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
     block = QuantConfig().block_size
     extra: dict = {"step_bytes": {}}
     if any(b in KILN_VARIANTS for b in wanted):
-        repo = base / "kiln_quant_repo"
-        entry = repo / f"bench-{name.lower()}"
-        manifest = entry / "kiln.json"
-        if not manifest.exists() or "int4" not in json.loads(manifest.read_text())["files"]:
-            from export.pipeline import export_checkpoint
-
-            log(f"[{name}] Kiln export with the int8/int4 variants")
-            inf = float("inf")  # random weights: no perplexity budget means anything
-            export_checkpoint(
-                hf,
-                repo,
-                entry.name,
-                variants=True,
-                val_texts=["def f(x):\n    return x + 1\n"],
-                ppl_tokens=64,
-                quant=QuantConfig(int8_budget_pct=inf, int4_budget_pct=inf, calibration_tokens=2048),
-            )
-        files = json.loads(manifest.read_text())["files"]
+        entry = _quant_export(hf, base / "kiln_quant_repo", f"bench-{name.lower()}", QuantConfig(), log)
+        files = json.loads((entry / "kiln.json").read_text())["files"]
         extra["kiln_quant_model"] = str(entry)
         # kiln-int4 and kiln-http-int4 serve the same graph: read each variant's file once.
         per_variant = {v: step_weight_bytes(entry / files[v]) for v in dict.fromkeys(KILN_VARIANTS.values())}
         for backend, variant in KILN_VARIANTS.items():
             extra["step_bytes"][backend] = per_variant[variant]
+    if HEAD4 in wanted:
+        entry = _quant_export(hf, base / "kiln_head4_repo", f"bench-{name.lower()}", QuantConfig(head_bits=4), log)
+        extra["kiln_head4_model"] = str(entry)
+        extra["step_bytes"][HEAD4] = step_weight_bytes(
+            entry / json.loads((entry / "kiln.json").read_text())["files"]["int4"]
+        )
     if "ort-genai-int4" in wanted:
         og_dir = base / "ort-genai-int4"
         if not (og_dir / "genai_config.json").exists():
@@ -82,6 +76,28 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
         extra["ort_genai_int4"] = str(og_dir)
         extra["step_bytes"]["ort-genai-int4"] = step_weight_bytes(og_dir / gcfg["model"]["decoder"]["filename"])
     return extra
+
+
+def _quant_export(hf: Path, repo: Path, name: str, quant, log: Callable[[str], None]) -> Path:  # type: ignore[no-untyped-def]
+    """A Kiln export with the int8/int4 variants under `quant`'s settings, kept between runs while
+    its report's quantization settings are these."""
+    from dataclasses import replace
+
+    from export.pipeline import export_checkpoint
+
+    inf = float("inf")  # random weights: no perplexity budget means anything
+    quant = replace(quant, int8_budget_pct=inf, int4_budget_pct=inf, calibration_tokens=2048)
+    entry = repo / name
+    manifest, report = entry / "kiln.json", entry / "export_report.json"
+    if manifest.exists() and report.exists() and "int4" in json.loads(manifest.read_text())["files"]:
+        made_with = json.loads(report.read_text()).get("quantization", {}).get("config")
+        if made_with == json.loads(json.dumps(quant.to_dict())):
+            return entry
+    log(f"[{hf.name}] Kiln export with the int8/int4 variants (int4 head {quant.head_bits}-bit)")
+    export_checkpoint(
+        hf, repo, name, variants=True, val_texts=["def f(x):\n    return x + 1\n"], ppl_tokens=64, quant=quant
+    )
+    return entry
 
 
 def step_weight_bytes(onnx_file: Path) -> int:
@@ -110,13 +126,13 @@ def _itemsize(data_type: int) -> int:
 def workers(worker_kiln: Callable[..., dict], worker_ort_genai: Callable[..., dict]) -> dict[str, Callable[..., dict]]:
     """The quantized cases as bench_generate workers: the fp32 workers on the quantized models."""
 
-    def kiln(variant: str) -> Callable[..., dict]:
+    def kiln(variant: str, key: str = "kiln_quant_model") -> Callable[..., dict]:
         def run(model: dict, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:
             os.environ["KILN_LM_VARIANT"] = variant  # worker_kiln serves Settings().lm_variant, as `kiln serve`
-            out = worker_kiln({**model, "kiln_model": model["kiln_quant_model"]}, prompts, batches, new, threads)
+            out = worker_kiln({**model, "kiln_model": model[key]}, prompts, batches, new, threads)
             from contracts.manifest import TextManifest
 
-            chosen = TextManifest.read(Path(model["kiln_quant_model"])).graph(variant).path.name
+            chosen = TextManifest.read(Path(model[key])).graph(variant).path.name
             return {**out, "graph": chosen}
 
         return run
@@ -124,4 +140,9 @@ def workers(worker_kiln: Callable[..., dict], worker_ort_genai: Callable[..., di
     def ort_genai_int4(model: dict, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:
         return worker_ort_genai({**model, "ort_genai": model["ort_genai_int4"]}, prompts, batches, new, threads)
 
-    return {"kiln-int8": kiln("int8"), "kiln-int4": kiln("int4"), "ort-genai-int4": ort_genai_int4}
+    return {
+        "kiln-int8": kiln("int8"),
+        "kiln-int4": kiln("int4"),
+        HEAD4: kiln("int4", key="kiln_head4_model"),
+        "ort-genai-int4": ort_genai_int4,
+    }

@@ -1,4 +1,5 @@
-"""bench_quant.prepare on an existing quantized export: each backend's step-weight bytes, each graph read once."""
+"""bench_quant.prepare on existing quantized exports: each backend's step-weight bytes, each graph
+read once, and an export made with other quantization settings made again."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from export.quant.config import QuantConfig
 from loadtests import bench_quant
+
+INF = float("inf")
 
 
 def matmul_graph(path: Path, columns: int) -> None:
@@ -27,11 +31,18 @@ def matmul_graph(path: Path, columns: int) -> None:
     onnx.save(helper.make_model(graph), str(path))
 
 
+def fake_export(entry: Path, int4_columns: int, head_bits: int) -> None:
+    """An export's files as prepare reads them, its report saying which settings made it."""
+    matmul_graph(entry / "int8.onnx", 3)
+    matmul_graph(entry / "int4.onnx", int4_columns)
+    (entry / "kiln.json").write_text(json.dumps({"files": {"int8": "int8.onnx", "int4": "int4.onnx"}}))
+    settings = QuantConfig(head_bits=head_bits, int8_budget_pct=INF, int4_budget_pct=INF, calibration_tokens=2048)
+    (entry / "export_report.json").write_text(json.dumps({"quantization": {"config": settings.to_dict()}}))
+
+
 def test_step_bytes_per_backend_reading_each_variant_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = tmp_path / "m" / "kiln_quant_repo" / "bench-m"
-    matmul_graph(entry / "int8.onnx", 3)
-    matmul_graph(entry / "int4.onnx", 5)
-    (entry / "kiln.json").write_text(json.dumps({"files": {"int8": "int8.onnx", "int4": "int4.onnx"}}))
+    fake_export(entry, 5, head_bits=8)
     read: list[str] = []
     real = bench_quant.step_weight_bytes
     monkeypatch.setattr(bench_quant, "step_weight_bytes", lambda f: read.append(f.name) or real(f))
@@ -40,3 +51,23 @@ def test_step_bytes_per_backend_reading_each_variant_once(tmp_path: Path, monkey
     assert extra["step_bytes"] == {"kiln-int8": 48, "kiln-int4": 80, "kiln-http-int4": 80}
     assert extra["kiln_quant_model"] == str(entry)
     assert sorted(read) == ["int4.onnx", "int8.onnx"]  # kiln-int4 and kiln-http-int4 share one read
+
+
+def test_the_4_bit_head_case_has_its_own_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_export(tmp_path / "m" / "kiln_quant_repo" / "bench-m", 5, head_bits=8)
+    head4 = tmp_path / "m" / "kiln_head4_repo" / "bench-m"
+    fake_export(head4, 2, head_bits=8)  # made with other settings: must be exported again
+    made: list[tuple[Path, int]] = []
+
+    def export_checkpoint(hf, repo, name, quant, **kw):  # type: ignore[no-untyped-def]
+        made.append((repo, quant.head_bits))
+        fake_export(repo / name, 4, quant.head_bits)
+
+    monkeypatch.setattr("export.pipeline.export_checkpoint", export_checkpoint)
+    backends = ["kiln-int4", bench_quant.HEAD4]
+    extra = bench_quant.prepare({"name": "m", "hf": "unused"}, tmp_path, 1, backends, print)
+    assert made == [(head4.parent, 4)]  # the 8-bit-head export was kept, the stale one redone
+    assert extra["kiln_head4_model"] == str(head4)
+    assert (extra["step_bytes"]["kiln-int4"], extra["step_bytes"][bench_quant.HEAD4]) == (80, 64)
+    again = bench_quant.prepare({"name": "m", "hf": "unused"}, tmp_path, 1, backends, print)
+    assert made == [(head4.parent, 4)] and again == extra  # kept between runs once made
