@@ -9,7 +9,10 @@ All rows in one run, on one machine:
 - Triton: tritonserver's dynamic batcher serving the same views (sent by the clients, so decoding
   and cropping are not in its numbers), when deploy/triton/install.sh has installed it.
 - naive PyTorch: each client decodes, crops and runs the 20 views one at a time.
-At 1 and 16 concurrent clients; the table goes into docs/vision.md.
+At 1 and 16 concurrent clients; the table goes into docs/vision.md, with where the Kiln run's CPU
+went at the largest client count: the server's and the load generator's CPU time per image (from
+/proc, every thread), and the server's own decode + views and model-run times (its metrics),
+against the model-only limit's share of both cores.
 """
 
 from __future__ import annotations
@@ -69,6 +72,32 @@ def levels_run(levels: list[int], images: int, work) -> dict[int, float]:  # typ
     return {c: run_clients(c, max(1, images // c), work) for c in levels}
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process, all its threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric_sums(text: str, *names: str) -> dict[str, float]:
+    """`<name>` sample values summed over labels, from a Prometheus text page."""
+    out = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in out:
+            out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def cpu_split(server_pid: int, clients: int, images: int, work) -> tuple[float, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """One client level's img/s, and its CPU per image in ms: the server's and this process's."""
+    server0, own0 = cpu_seconds(server_pid), cpu_seconds()
+    per_client = max(1, images // clients)
+    rate = run_clients(clients, per_client, work)
+    done = clients * per_client
+    split = {"server": 1e3 * (cpu_seconds(server_pid) - server0) / done, "client": 1e3 * (cpu_seconds() - own0) / done}
+    return rate, split
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repository", default="model_repository")
@@ -126,9 +155,10 @@ def main() -> None:
         for i in range(8):  # warm up: plans cached, sessions hot
             kiln(i)
         agree = np.mean([kiln(i) == str(naive(i)) for i in range(8)])
-        kiln_rates = levels_run(levels, args.images, kiln)
-        for c, r in kiln_rates.items():
-            print(f"kiln {c:>3} clients: {r:7.1f} img/s", flush=True)
+        kiln_rates, splits = {}, {}
+        for c in levels:
+            kiln_rates[c], splits[c] = cpu_split(server.server.proc.pid, c, args.images, kiln)
+            print(f"kiln {c:>3} clients: {kiln_rates[c]:7.1f} img/s, CPU ms per image {splits[c]}", flush=True)
         metrics = client.get(f"{server.url}/metrics").text
     finally:
         server.stop()
@@ -163,12 +193,20 @@ def main() -> None:
     limit_after = model_only(model_file, views, 64, rounds, contract.input_name)
     limit = max(limit_before, limit_after)
     load_after = os.getloadavg()
-    count = sum_ = 0.0
-    for line in metrics.splitlines():
-        if line.startswith("kiln_classify_batch_size_count"):
-            count = float(line.rsplit(" ", 1)[1])
-        if line.startswith("kiln_classify_batch_size_sum"):
-            sum_ = float(line.rsplit(" ", 1)[1])
+    m = metric_sums(
+        metrics,
+        "kiln_classify_batch_size_count",
+        "kiln_classify_batch_size_sum",
+        "kiln_classify_images_total",
+        "kiln_classify_preprocess_seconds_sum",
+        "kiln_classify_inference_seconds_sum",
+    )
+    count, sum_ = m["kiln_classify_batch_size_count"], m["kiln_classify_batch_size_sum"]
+    served = max(m["kiln_classify_images_total"], 1)
+    top = max(levels)
+    cores = os.cpu_count() or 1
+    model_ms = 1e3 * cores / limit  # the limit's CPU per image: the model alone on every core
+    budget = 1e3 * cores / (0.8 * limit) - model_ms
 
     def row(name: str, rates: dict[int, float]) -> list[str]:
         return [f"| {name} | {c} | {r:.1f} | {r / limit:.2f}× |" for c, r in rates.items()]
@@ -189,6 +227,15 @@ def main() -> None:
         f"Model only: {limit_before:.1f} img/s before the servers ran, {limit_after:.1f} after; the limit is the "
         f"higher. Kiln's batcher averaged {sum_ / max(count, 1):.1f} views per ONNX Runtime run. Triton: "
         f"{triton_note}. Top-1 agreement between Kiln and naive PyTorch on 8 images: {100 * agree:.0f}%.",
+        "",
+        f"Where Kiln's CPU went at {top} clients, per image (/proc, every thread): the server "
+        f"{splits[top]['server']:.2f} core-ms, the load generator (this process: HTTP client, multipart "
+        f"encoding, JSON) {splits[top]['client']:.2f}; the server's metrics put "
+        f"{1e3 * m['kiln_classify_preprocess_seconds_sum'] / served:.2f} ms per image into decoding and the "
+        f"views graph and {1e3 * m['kiln_classify_inference_seconds_sum'] / served:.2f} ms into batched model "
+        f"runs (wall time, over the whole run). The model-only limit is {model_ms:.2f} core-ms per image "
+        f"({cores} cores ÷ {limit:.0f} img/s), so 0.8× of it leaves {budget:.2f} core-ms per image for "
+        "everything around the model on the same cores, the load generator included.",
     ]
     write_section(Path(args.out), BEGIN, END, "\n".join(lines))
     print("\n".join(lines))

@@ -5,6 +5,7 @@ No timing assertions: only that every row ran and was reported against the model
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ def test_quick_run_writes_the_table(tiny_vision_repo: Path, tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = out.read_text()
     assert "<!-- bench:begin -->" in text and "load average" in text
+    split = re.search(r"at 2 clients, per image .*: the server ([0-9.]+) core-ms, .* generator .* ([0-9.]+);", text)
+    assert split and float(split[1]) > 0, text  # the server's CPU per image, measured
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert any(r.startswith("| **model only**") and r.endswith("| 1.00× |") for r in rows)
     paths = {"Kiln `/classify`": 2, "naive PyTorch": 2, "Triton dynamic batcher": 0 if triton_reason() else 2}
