@@ -52,6 +52,7 @@ ENGINES = {  # name: (prefix cache, speculation); "host" also has the host tier 
     "cache": (True, "off"),
     "plain": (False, "off"),
     "spec": (False, "ngram"),
+    "slots": (True, "off"),  # the many-prompts case's own, so it never evicts the other cases' prefixes
     "host": (True, "off"),
 }
 TTFT_TARGET, GROUNDED_TARGET, OPEN_TARGET = 0.15, 1.5, 0.95
@@ -128,11 +129,11 @@ def case_prefix(m: Model, setting: str, rnd: int, raw: dict) -> None:
 
 def case_tenants(m: Model, setting: str, rnd: int, raw: dict) -> None:
     """More system prompts than slots, in turn: the slots alone (their LRU has always just dropped
-    the next one) against slots + host tier."""
+    the next one) against slots + host tier, each on an engine of its own."""
     out = raw["tenants"].setdefault(
         m.name, {"off": [], "on": [], "cached_off": [], "cached_on": [], "tokens": {}, "primed": set()}
     )
-    engine = m.engines["host" if setting == "on" else "cache"]
+    engine = m.engines["host" if setting == "on" else "slots"]
     if setting not in out["primed"]:  # every system prompt seen once, untimed, as a server would have
         for j in range(m.prompts.p.tenants):
             run(engine, m.prompts.tenant_primer(j), 2)
