@@ -28,6 +28,7 @@ class EngineConfig:
     retry_after_s: int = 1  # Retry-After with 429
     prefix_cache: bool = True  # finished sequences' positions serve later prompts that share a prefix
     prefix_cache_shared: bool = False  # across API keys too (else each key reuses only its own)
+    prefix_cache_bytes: int = 0  # host memory for prefixes evicted from the slots (0: none)
     speculative: Speculative = "ngram"  # prompt-lookup drafts for a greedy sequence decoding alone
     spec_tokens: int = 4  # the most tokens guessed per step
     spec_ngram_max: int = 3

@@ -48,10 +48,12 @@ from service.engine.engine import GenerationEngine  # noqa: E402
 
 BEGIN, END = "<!-- bench-reuse:begin -->", "<!-- bench-reuse:end -->"
 HEADING = "## Prefix caching and speculative decoding"
-ENGINES = {  # name: (prefix cache, speculation)
+ENGINES = {  # name: (prefix cache, speculation); "host" also has the host tier (KILN_PREFIX_CACHE_BYTES)
     "cache": (True, "off"),
     "plain": (False, "off"),
     "spec": (False, "ngram"),
+    "slots": (True, "off"),  # the many-prompts case's own, so it never evicts the other cases' prefixes
+    "host": (True, "off"),
 }
 TTFT_TARGET, GROUNDED_TARGET, OPEN_TARGET = 0.15, 1.5, 0.95
 
@@ -73,7 +75,16 @@ def load(name: str, entry: Path, about: str, threads: int, profile: Profile) -> 
     tok = Tokenizer.from_file(str(manifest.path(manifest.tokenizer)))
     engines, counts = {}, {}
     for kind, (cache, guess) in ENGINES.items():
-        config = EngineConfig(intra_op_threads=threads, prefix_cache=cache, speculative=guess)  # type: ignore[arg-type]
+        host = 0
+        if kind == "host":  # a host row per system prompt of the many-prompts case
+            slots = engines["cache"].runner
+            host = slots.state.nbytes // slots.max_batch * profile.tenants
+        config = EngineConfig(
+            intra_op_threads=threads,
+            prefix_cache=cache,
+            speculative=guess,  # type: ignore[arg-type]
+            prefix_cache_bytes=host,
+        )
         counts[kind] = Counts()
         engines[kind] = build_text_engine(manifest, config, lambda ids: tok.decode(list(ids)), counts[kind])
         engines[kind].start()
@@ -114,6 +125,26 @@ def case_prefix(m: Model, setting: str, rnd: int, raw: dict) -> None:
         out["prompt"] = len(prompt)
         if setting == "on":
             out["cached"].append(r.cached)
+
+
+def case_tenants(m: Model, setting: str, rnd: int, raw: dict) -> None:
+    """More system prompts than slots, in turn: the slots alone (their LRU has always just dropped
+    the next one) against slots + host tier, each on an engine of its own."""
+    out = raw["tenants"].setdefault(
+        m.name, {"off": [], "on": [], "cached_off": [], "cached_on": [], "tokens": {}, "primed": set()}
+    )
+    engine = m.engines["host" if setting == "on" else "slots"]
+    if setting not in out["primed"]:  # every system prompt seen once, untimed, as a server would have
+        for j in range(m.prompts.p.tenants):
+            run(engine, m.prompts.tenant_primer(j), 2)
+        out["primed"].add(setting)
+    for j in range(m.prompts.p.tenants):
+        prompt = m.prompts.tenant_request(rnd, j)
+        r = run(engine, prompt, 2)
+        out[setting].append(r.ttft * 1000)
+        out[f"cached_{setting}"].append(r.cached)
+        out["tokens"][(setting, rnd, j)] = r.tokens
+    out["prompt"] = len(prompt)
 
 
 def case_chat(m: Model, setting: str, rnd: int, raw: dict) -> None:
@@ -163,6 +194,7 @@ def cases(models: list[Model], raw: dict) -> list[Callable[[int], None]]:
     for m in models:
         for s in ("off", "on"):
             out += [partial(case_prefix, m, s, raw=raw), partial(case_chat, m, s, raw=raw)]
+            out.append(partial(case_tenants, m, s, raw=raw))
         out += [partial(case_spec, m, k, s, raw=raw) for k in KINDS for s in ("off", "on")]
     return out
 
@@ -206,6 +238,30 @@ def render(raw: dict, meta: dict, models: list[Model]) -> str:
         lines.append(
             f"| {name} | {r['prompt']} | {len(r['on'])} | {hits} | {off50:.2f} / {off99:.2f} | {on50:.2f} / "
             f"{on99:.2f} | {on50 / off50:.3f}× | {on99 / off99:.3f}× | {ratio_ok(on50 / off50, TTFT_TARGET, True)} |"
+        )
+    host = models[0].engines["host"]
+    rows = len(host.host.rows) if host.host is not None else 0
+    lines += [
+        "",
+        f"**More system prompts than slots**: {p.tenants} different {p.system}-token system prompts (twice the "
+        f"{meta['slots']} slots), requested in turn, each request with its own {p.suffix}-token suffix, alone on the "
+        f"engine. Slots only (`KILN_PREFIX_CACHE`, the default): the least recently used slot is always the prompt "
+        f"that comes next. Host tier: `KILN_PREFIX_CACHE_BYTES` = {rows} host rows of one slot's size "
+        f"({meta['host_mb']:.0f} MB for {models[0].name}, {meta['host_mb_large']:.0f} MB for {models[-1].name}).",
+        "",
+        "| model | system prompts | prompt tokens | requests | cached tokens, slots only / host tier (median) "
+        "| TTFT p50 / p99 ms, slots only | TTFT p50 / p99 ms, host tier | host / slots p50 | host / slots p99 "
+        "| first tokens identical |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in raw["tenants"].items():
+        off50, off99, on50, on99 = pct(r["off"], 50), pct(r["off"], 99), pct(r["on"], 50), pct(r["on"], 99)
+        keys = {k[1:] for k in r["tokens"]}
+        same = all(r["tokens"][("on", *k)] == r["tokens"][("off", *k)] for k in keys)
+        lines.append(
+            f"| {name} | {p.tenants} | {r['prompt']} | {len(r['on'])} | {statistics.median(r['cached_off']):.0f} / "
+            f"{statistics.median(r['cached_on']):.0f} | {off50:.2f} / {off99:.2f} | {on50:.2f} / {on99:.2f} | "
+            f"{on50 / off50:.3f}× | {on99 / off99:.3f}× | {'yes' if same else '**NO**'} |"
         )
     lines += [
         "",
@@ -305,9 +361,9 @@ def main(argv: list[str] | None = None) -> None:
         about = describe(Path(big["kiln_model"]), f"random weights, {big['params'] / 1e6:.1f}M parameters")
         models.append(load(args.large, Path(big["kiln_model"]), about, args.threads, profile))
         for _ in range(args.warmup):  # untimed: every shape's first call, every slot's first use
-            for case in cases(models, {"prefix": {}, "chat": {}, "spec": {}}):
+            for case in cases(models, {"prefix": {}, "chat": {}, "spec": {}, "tenants": {}}):
                 case(args.rounds)  # a round index of its own: its prompts are none of the measured ones
-        raw: dict = {"prefix": {}, "chat": {}, "spec": {}}
+        raw: dict = {"prefix": {}, "chat": {}, "spec": {}, "tenants": {}}
         order = cases(models, raw)
         for rnd in range(args.rounds):
             for case in order if rnd % 2 == 0 else order[::-1]:
@@ -315,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"round {rnd + 1}/{args.rounds} done (load {loadavg()})", file=sys.stderr, flush=True)
         plain = models[0].engines["plain"].runner
         spec = EngineConfig()
+        host_mb = [m.engines["host"].runner.parking.nbytes / 2**20 for m in (models[0], models[-1])]  # type: ignore[union-attr]
+        meta.update(host_mb=host_mb[0], host_mb_large=host_mb[1])
         meta.update(
             load_after=loadavg(), rounds=args.rounds, warmup=args.warmup, threads=args.threads, profile=profile,
             cpu=cpu_model(), versions=versions(), slots=plain.max_batch, positions=plain.max_seq_len,

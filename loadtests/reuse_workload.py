@@ -7,6 +7,8 @@ is code it has not memorised: whatever it repeats, it repeats from the prompt.
 
 - system prompt + user suffix: the first `system` ids of the held-out text, then `suffix` ids
   taken from a region of it no other prompt uses, distinct for every request of the run;
+- more system prompts than slots: `tenants` different system prompts of `system` ids (regions of
+  the held-out text of their own), requested in turn, each with its own suffix;
 - chat replay: a shorter system prompt, then per turn the previous turn's prompt + the reply
   the model gave + a new user message (again distinct ids);
 - speculative decoding: `grounded` — a held-out function, a comment asking for it again, its
@@ -41,6 +43,7 @@ class Profile:
     system: int = 400  # the shared system prompt
     suffix: int = 16  # each request's own user suffix
     requests: int = 16  # suffixes per round
+    tenants: int = 16  # distinct system prompts, requested in turn (twice the default slots)
     chat_system: int = 64
     turns: int = 6
     user: int = 24  # a user message
@@ -110,6 +113,15 @@ class Prompts:
 
     def system_request(self, round_: int, i: int) -> list[int]:
         return self._system + self._window(0, round_ * self.p.requests + i, self.p.suffix)
+
+    def tenant_request(self, round_: int, j: int) -> list[int]:
+        """System prompt `j` of `tenants` (region 3), then a suffix no other request has (region 4)."""
+        suffix = self._window(4, round_ * self.p.tenants + j, self.p.suffix)
+        return self.bos + self._window(3, j, self.p.system) + suffix
+
+    def tenant_primer(self, j: int) -> list[int]:
+        """System prompt `j` with a suffix none of the measured requests has: caches it, untimed."""
+        return self.bos + self._window(3, j, self.p.system) + self._window(1, 1 + j, self.p.suffix)
 
     def primer(self) -> list[int]:
         """A request the measured ones share only the system prompt with (warms the cache)."""

@@ -122,6 +122,12 @@ class Metrics(EngineObserver):
         self.prefix_hits = Counter(
             "kiln_prefix_cache_hits_total", "Prompt tokens served from the prefix cache.", ["model"], registry=r
         )
+        self.prefix_host_tokens = Counter(
+            "kiln_prefix_cache_host_tokens_total",
+            "Cached positions copied to host memory (parked) and back into a slot (restored).",
+            ["model", "direction"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -160,3 +166,6 @@ class Metrics(EngineObserver):
     def prefix_cache(self, model: str, queried: int, hit: int) -> None:
         self.prefix_queries.labels(model).inc(queried)
         self.prefix_hits.labels(model).inc(hit)
+
+    def prefix_host(self, model: str, direction: str, tokens: int) -> None:
+        self.prefix_host_tokens.labels(model, direction).inc(tokens)

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     prefix_cache_shared: bool = Field(
         ENGINE.prefix_cache_shared, description="Let a cached prefix serve other API keys too (timing leaks)."
     )
+    prefix_cache_bytes: int = Field(
+        ENGINE.prefix_cache_bytes,
+        ge=0,
+        description="Host memory for cached prefixes evicted from the slots, allocated at start (0: none).",
+    )
     fault_step_delay_ms: float = Field(
         ENGINE.fault_step_delay_ms,
         ge=0,

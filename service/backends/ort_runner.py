@@ -8,7 +8,7 @@ import numpy as np
 
 from contracts.manifest import GraphFile, LayerState, TextManifest
 from service.backends.ort_session import cpu_session
-from service.backends.slot_state import SlotState
+from service.backends.slot_state import SlotState, copy_row
 
 
 class OrtRunner:
@@ -33,6 +33,7 @@ class OrtRunner:
         self.threads = threads
         self.session = cpu_session(graph.path, threads, profile_prefix)
         self.state = SlotState(manifest.state, max_batch, self.max_seq_len)
+        self.parking: SlotState | None = None  # host rows for evicted prefixes (reserve_parking)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -58,6 +59,23 @@ class OrtRunner:
 
     def move_row(self, src: int, dst: int) -> None:
         self.state.move_row(src, dst)
+
+    def reserve_parking(self, budget_bytes: int) -> int:
+        """Host rows beside the slots, where cached prefixes go when a new prompt takes their slot
+        (KILN_PREFIX_CACHE_BYTES): as many whole rows as the budget holds, allocated (and
+        resident) now, so parking and restoring only copy."""
+        per_row = self.state.nbytes // self.max_batch
+        rows = int(budget_bytes // per_row) if per_row else 0
+        self.parking = SlotState(self.manifest.state, rows, self.max_seq_len) if rows else None
+        return rows
+
+    def park(self, row: int, slot: int, positions: int) -> None:
+        assert self.parking is not None
+        copy_row(self.state, row, self.parking, slot, positions)
+
+    def unpark(self, slot: int, row: int, positions: int) -> None:
+        assert self.parking is not None
+        copy_row(self.parking, slot, self.state, row, positions)
 
     def release_row(self, row: int) -> None:
         self.state.release_row(row)

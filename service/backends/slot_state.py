@@ -146,6 +146,19 @@ class SlotState:
                 view[row] = 0.0
 
 
+def copy_row(src: SlotState, src_row: int, dst: SlotState, dst_row: int, positions: int) -> None:
+    """The first `positions` positions of `src`'s row (a recurrent tensor: all of it) into `dst`'s
+    row, which then holds exactly those: between the slots and the host rows that keep prefixes."""
+    for name, view in src.views.items():
+        target = dst.views[name][dst_row]
+        axis = src.positions_axis(name)
+        if axis is None:
+            np.copyto(target, view[src_row])
+        else:
+            np.copyto(_positions(target, axis - 1, positions), _positions(view[src_row], axis - 1, positions))
+    dst.lengths[dst_row] = positions
+
+
 def _positions(row_view: np.ndarray, axis: int, n: int) -> np.ndarray:
     """The first `n` positions of one row's tensor along its positions axis."""
     index: list[slice] = [slice(None)] * row_view.ndim

@@ -50,6 +50,7 @@ def build_text_engine(
         step_delay_s=config.fault_step_delay_ms / 1000.0,
         prefix_cache=config.prefix_cache,
         prefix_cache_shared=config.prefix_cache_shared,
+        prefix_cache_bytes=config.prefix_cache_bytes,
         speculative=spec_config(config),
     )
 

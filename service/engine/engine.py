@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from service.engine.observer import EngineObserver
-from service.engine.prefix_cache import PrefixCache
+from service.engine.prefix_cache import Choice, HostStore, PrefixCache
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
 from service.engine.runner import ModelRunner
 from service.engine.sampling import token_logprobs
@@ -58,6 +58,7 @@ class GenerationEngine:
         prefix_cache: bool = False,
         prefix_cache_shared: bool = False,
         speculative: SpecConfig | None = None,
+        prefix_cache_bytes: int = 0,
     ) -> None:
         self.runner = runner
         self.name = name
@@ -83,6 +84,8 @@ class GenerationEngine:
             if reuse in ("partial", "whole")
             else None
         )
+        rows = runner.reserve_parking(prefix_cache_bytes) if reuse == "partial" and prefix_cache_bytes > 0 else 0
+        self.host = HostStore(rows, shared=prefix_cache_shared) if rows else None  # KILN_PREFIX_CACHE_BYTES
         self._cv = threading.Condition()
         self._stopping = False
         self._draining = False
@@ -218,10 +221,34 @@ class GenerationEngine:
         row = len(self._active)
         prompt = seq.req.prompt_ids
         choice = self.cache.choose(range(row, self.runner.max_batch), prompt, seq.req.tenant)
+        if self.host is not None:
+            reuse = self._through_host(choice, row, prompt, seq.req.tenant)
+        else:
+            self._swap(choice.row, row)
+            self.runner.truncate(row, choice.reuse)
+            reuse = choice.reuse
+        seq.prefilled = seq.cached = reuse
+        self.obs.prefix_cache(self.name, len(prompt), reuse)
+
+    def _through_host(self, choice: Choice, row: int, prompt: list[int], tenant: str) -> int:
+        """The host tier: park what the chosen slot is about to lose, then seat the prompt on the
+        longer of the slot's match and the longest parked one; the positions it starts with."""
+        assert self.host is not None
+        evicted = choice.evicted
+        if evicted is not None and len(evicted.tokens) > choice.reuse:
+            slot = self.host.slot_for(evicted)
+            self.runner.park(choice.row, slot, len(evicted.tokens))
+            self.host.put(slot, evicted)
+            self.obs.prefix_host(self.name, "parked", len(evicted.tokens))
         self._swap(choice.row, row)
+        slot, reuse = self.host.lookup(prompt, tenant)
+        if reuse > choice.reuse:
+            self.runner.unpark(slot, row, reuse)
+            self.host.restored(slot)
+            self.obs.prefix_host(self.name, "restored", reuse)
+            return reuse
         self.runner.truncate(row, choice.reuse)
-        seq.prefilled = seq.cached = choice.reuse
-        self.obs.prefix_cache(self.name, len(prompt), choice.reuse)
+        return choice.reuse
 
     def _swap(self, a: int, b: int) -> None:
         if a != b:

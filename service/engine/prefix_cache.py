@@ -11,6 +11,12 @@ the time to first token would tell one tenant what another one's prompt began wi
 
 A recurrent state cannot be rolled back to an earlier position: for it only a whole-entry hit
 counts (the prompt starts with everything the slot holds), never a partial one.
+
+With `KILN_PREFIX_CACHE_BYTES` the slots get a second tier in host memory (`HostStore`): a
+prompt that takes a slot whose cached positions it cannot use parks them in a host row first
+(the least recently used host row gives way), and a prompt whose longest match is parked gets
+it copied back into its slot instead of prefilling it. The same tenant rule applies. Only
+attention KV is parked (the fused graph's runner); a recurrent state stays in its slot.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class Entry:
 class Choice:
     row: int
     reuse: int  # positions of the prompt already in that row
+    evicted: Entry | None = None  # what the row held before (it keeps only `reuse` positions of it)
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -68,12 +75,13 @@ class PrefixCache:
 
         Taking a row destroys what it holds beyond the reused part, so a hit that covers less
         than half of the new prompt (often just BOS) goes to an empty row instead, as llama.cpp's
-        slot similarity does; with no empty row the longest hit, else the least recently used.
+        slot similarity does; with no empty row the longest hit (of equal ones the least recently
+        used: taking it destroys it), else the least recently used.
         """
         query = np.asarray(prompt, np.int64)
         limit = len(prompt) - 1  # the last prompt token is always computed: its logits are needed
         strong: tuple[int, int, int] | None = None  # (reuse, used, row): covers half the prompt or more
-        weak: tuple[int, int, int] | None = None  # any hit
+        weak: tuple[int, int, int] | None = None  # any hit: (reuse, -used, row)
         empty: int | None = None
         for row in free:
             entry = self.rows[row]
@@ -85,9 +93,10 @@ class PrefixCache:
             reuse = min(common_prefix(entry.tokens, query), limit)
             if reuse <= 0 or (not self.partial and reuse < len(entry.tokens)):
                 continue  # nothing shared, or a recurrent state that would need rolling back
-            key = (reuse, entry.used, row)
             if 2 * reuse >= len(prompt):
+                key = (reuse, entry.used, row)
                 strong = max(strong, key) if strong else key
+            key = (reuse, -entry.used, row)  # the longest; of equal ones the stalest: it is destroyed
             weak = max(weak, key) if weak else key
         if strong is not None:
             choice = Choice(strong[2], strong[0])
@@ -98,5 +107,55 @@ class PrefixCache:
         else:
             oldest = min(free, key=lambda r: self.rows[r].used)  # type: ignore[union-attr]
             choice = Choice(oldest, 0)
+        evicted = self.rows[choice.row]
         self.rows[choice.row] = None  # the new sequence owns the row now (and re-retains it when done)
-        return choice
+        return Choice(choice.row, choice.reuse, evicted)
+
+
+def longest_match(entries: list[Entry | None], prompt: list[int], tenant: str, shared: bool) -> tuple[int, int]:
+    """(index, reuse) of the entry sharing the longest prefix with `prompt` (at most all but its
+    last token), most recent first among equals; (-1, 0) when none shares anything."""
+    query = np.asarray(prompt, np.int64)
+    best = (0, 0, -1)  # (reuse, used, index)
+    for i, entry in enumerate(entries):
+        if entry is None or not (shared or entry.tenant == tenant):
+            continue
+        reuse = min(common_prefix(entry.tokens, query), len(prompt) - 1)
+        if reuse > 0 and (reuse, entry.used) > best[:2]:
+            best = (reuse, entry.used, i)
+    return best[2], best[0]
+
+
+class HostStore:
+    """Which parked prefix each host row holds (the runner holds the positions themselves)."""
+
+    def __init__(self, rows: int, shared: bool = False) -> None:
+        self.rows: list[Entry | None] = [None] * rows
+        self.shared = shared
+        self._clock = 0
+
+    def slot_for(self, entry: Entry) -> int:
+        """The host row `entry` should be parked in: one holding a prefix of it for the same
+        tenant (a chat's previous turn: the longer entry serves all the shorter one did), else an
+        empty one, else the least recently used."""
+        for i, held in enumerate(self.rows):
+            if held is not None and held.tenant == entry.tenant and len(held.tokens) <= len(entry.tokens):
+                if common_prefix(held.tokens, entry.tokens) == len(held.tokens):
+                    return i
+        empty = next((i for i, held in enumerate(self.rows) if held is None), None)
+        if empty is not None:
+            return empty
+        return min(range(len(self.rows)), key=lambda i: self.rows[i].used)  # type: ignore[union-attr]
+
+    def put(self, slot: int, entry: Entry) -> None:
+        self._clock += 1
+        self.rows[slot] = Entry(entry.tokens, entry.tenant, self._clock)
+
+    def lookup(self, prompt: list[int], tenant: str) -> tuple[int, int]:
+        """(host row, reuse) of the longest parked match for `prompt`, or (-1, 0)."""
+        return longest_match(self.rows, prompt, tenant, self.shared)
+
+    def restored(self, slot: int) -> None:
+        """Host row `slot` served a prompt: the most recently used now."""
+        self._clock += 1
+        self.rows[slot].used = self._clock  # type: ignore[union-attr]

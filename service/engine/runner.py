@@ -56,3 +56,15 @@ class ModelRunner(Protocol):
     def truncate(self, row: int, positions: int) -> None:
         """Keep only the row's first `positions` positions (a cached prefix a new prompt reuses)."""
         ...
+
+    def reserve_parking(self, budget_bytes: int) -> int:
+        """Allocate host rows for evicted cached prefixes within the budget; how many."""
+        ...
+
+    def park(self, row: int, slot: int, positions: int) -> None:
+        """Copy a row's first `positions` positions into host row `slot`."""
+        ...
+
+    def unpark(self, slot: int, row: int, positions: int) -> None:
+        """Copy host row `slot`'s first `positions` positions into a row, which then holds them."""
+        ...

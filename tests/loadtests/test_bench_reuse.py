@@ -52,6 +52,12 @@ def test_quick_run_writes_its_section(tiny_lm_repo: Path, tmp_path: Path) -> Non
         assert (row[1], row[3]) == ("49", "41"), row  # every hit reused the whole system prompt
         assert all(float(x) > 0 for cell in row[4:6] for x in cell.split(" / "))
 
+    tenants = table(text, "| model | system prompts |")
+    assert {r[0] for r in tenants} == models
+    for row in tenants:  # 16 system prompts, 8 slots: only the host tier still holds the next one
+        assert row[1] == "16" and row[4] == "1 / 41", row  # slots only: BOS; host tier: the system prompt
+        assert row[-1] == "yes", row
+
     chat = table(text, "| model | turn |")
     assert {(r[0], r[1]) for r in chat} == {(m, str(t)) for m in models for t in (1, 2, 3)}
     for row in chat:  # turn t reuses the previous turn's prompt and reply (all but the reply's last token)

@@ -40,7 +40,9 @@ def test_a_short_hit_takes_an_empty_row_and_keeps_the_long_entry() -> None:
     assert choice.reuse == 0 and choice.row != 0 and cache.rows[0] is not None
     cache.retain(1, [5], "")
     cache.retain(2, [6], "")
-    assert cache.choose(range(0, 3), [1, 2, 3], "") == type(choice)(0, 1)  # no empty row: the hit it has
+    again = cache.choose(range(0, 3), [1, 2, 3], "")  # no empty row: the hit it has
+    assert (again.row, again.reuse) == (0, 1)
+    assert again.evicted is not None and len(again.evicted.tokens) == 31  # what the host tier may park
 
 
 def test_a_prefix_serves_only_its_tenant_unless_shared() -> None:
@@ -66,3 +68,12 @@ def test_swaps_follow_the_rows() -> None:
     cache.swap(0, 2)
     assert cache.rows[0] is None and cache.rows[2] is not None
     assert cache.choose(range(0, 3), [1, 2, 3], "").row == 2
+
+
+def test_a_short_hit_destroys_the_stalest_of_equal_hits() -> None:
+    cache = PrefixCache(3)
+    for row, first in enumerate((10, 20, 30)):  # three cached prompts sharing only BOS, row 0 oldest
+        cache.retain(row, [1, first, first + 1], "")
+    choice = cache.choose(range(0, 3), [1, 2, 3], "")
+    assert (choice.row, choice.reuse) == (0, 1)  # not the most recent entry: it may be asked for next
+    assert cache.rows[1] is not None and cache.rows[2] is not None
