@@ -14,9 +14,10 @@ counts (the prompt starts with everything the slot holds), never a partial one.
 
 With `KILN_PREFIX_CACHE_BYTES` the slots get a second tier in host memory (`HostStore`): a
 prompt that takes a slot whose cached positions it cannot use parks them in a host row first
-(the least recently used host row gives way), and a prompt whose longest match is parked gets
-it copied back into its slot instead of prefilling it. The same tenant rule applies. Only
-attention KV is parked (the fused graph's runner); a recurrent state stays in its slot.
+(over a parked copy of the same prefix, else in the least recently used host row), and a
+prompt whose longest match is parked gets it copied back into its slot instead of prefilling
+it. The same tenant rule applies. Only attention KV is parked (the fused graph's runner); a
+recurrent state stays in its slot.
 """
 
 from __future__ import annotations
@@ -135,13 +136,19 @@ class HostStore:
         self._clock = 0
 
     def slot_for(self, entry: Entry) -> int:
-        """The host row `entry` should be parked in: one holding a prefix of it for the same
-        tenant (a chat's previous turn: the longer entry serves all the shorter one did), else an
-        empty one, else the least recently used."""
+        """The host row `entry` should be parked in: the one of the same tenant sharing at least
+        half its positions with it (the same system prompt or an earlier turn of the chat: one
+        copy of a shared prefix, not one per request), else an empty one, else the least
+        recently used."""
+        best, best_shared = -1, 0
         for i, held in enumerate(self.rows):
-            if held is not None and held.tenant == entry.tenant and len(held.tokens) <= len(entry.tokens):
-                if common_prefix(held.tokens, entry.tokens) == len(held.tokens):
-                    return i
+            if held is None or held.tenant != entry.tenant:
+                continue
+            shared = common_prefix(held.tokens, entry.tokens)
+            if 2 * shared >= len(held.tokens) and shared > best_shared:
+                best, best_shared = i, shared
+        if best >= 0:
+            return best
         empty = next((i for i, held in enumerate(self.rows) if held is None), None)
         if empty is not None:
             return empty

@@ -97,6 +97,20 @@ def test_parked_prefixes_keep_to_their_tenant(tiny_lm_repo) -> None:  # type: ig
         engine.stop()
 
 
+def test_many_requests_on_one_system_prompt_keep_one_copy(tiny_lm_repo) -> None:  # type: ignore[no-untyped-def]
+    engine = one_slot_engine(tiny_lm_repo, host_rows=2)
+    try:
+        for tail in ([7], [8], [9]):  # each takes the slot and parks the previous request's positions
+            generate(engine, SYSTEM + tail)
+            generate(engine, OTHER + tail)
+        parked = [e for e in engine.host.rows if e is not None]
+        assert len(parked) == 2  # one per system prompt, not the latest two requests
+        assert generate(engine, SYSTEM + [5])[1].cached_tokens == len(SYSTEM)
+        assert generate(engine, OTHER + [5])[1].cached_tokens == len(OTHER)
+    finally:
+        engine.stop()
+
+
 def test_the_least_recently_used_parked_prefix_gives_way(tiny_lm_repo) -> None:  # type: ignore[no-untyped-def]
     engine = one_slot_engine(tiny_lm_repo, host_rows=1)
     try:
@@ -116,8 +130,10 @@ def test_host_rows_refresh_and_evict_by_use() -> None:
     store.put(store.slot_for(b), b)
     assert store.slot_for(Entry(np.array([1, 2, 3]), "t", 0)) == 0  # the same tokens: refreshed in place
     assert store.slot_for(Entry(np.array([1, 2, 3, 8]), "t", 0)) == 0  # a longer turn replaces its prefix
+    assert store.slot_for(Entry(np.array([1, 2, 4, 8]), "t", 0)) == 0  # the same start, another ending
     assert store.lookup([1, 2, 3, 4], "t") == (0, 3) and store.lookup([1, 2, 3, 4], "u") == (-1, 0)
     store.restored(0)  # a was used last: b gives way
     assert store.slot_for(Entry(np.array([1, 2, 3, 8]), "u", 0)) == 1  # not onto another tenant's prefix
     assert store.slot_for(Entry(np.array([9, 9]), "t", 0)) == 1
+    assert store.slot_for(Entry(np.array([1, 7, 7, 7]), "t", 0)) == 1  # only BOS in common with a: not its copy
     assert store.lookup([1, 2], "t") == (0, 1)  # never the prompt's last token
