@@ -6,22 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from service.backends.ort_standard import CAPACITY_STEP
-from service.engine.engine import GenerationEngine
 from tests.service.engine.test_engine import PROMPT, make_engine, recompute_greedy, request
 
 LONG_PROMPT = [1, *np.random.default_rng(7).integers(3, 300, size=CAPACITY_STEP + 12).tolist()]  # crosses a step
 
 
 def chunked_engine(repo, chunk: int, max_batch: int = 4):  # type: ignore[no-untyped-def]
-    manifest, runner, _ = make_engine(repo, max_batch=max_batch, max_seq_len=160)
-    engine = GenerationEngine(
-        runner,
-        decode=lambda ids: "".join(f"<{i}>" for i in ids),
-        eos_token_ids=manifest.eos_token_ids,
-        vocab_size=manifest.vocab_size,
-        max_queue=8,
-        prefill_tokens=chunk,
-    )
+    manifest, runner, engine = make_engine(repo, max_batch=max_batch, max_seq_len=160, prefill_tokens=chunk)
     calls: list[tuple[str, int, int]] = []  # ("extend", row, tokens) / ("decode", rows, 1)
     extend, decode = runner.extend, runner.decode
 

@@ -27,7 +27,8 @@ GREEDY = SamplingParams(temperature=0.0)
 GRAPH = {"variant": "fused"}
 
 
-def make_engine(repo, max_batch=4, max_seq_len=128, max_queue=8, step_delay_s=0.0):  # type: ignore[no-untyped-def]
+def make_engine(repo, max_batch=4, max_seq_len=128, max_queue=8, step_delay_s=0.0, **engine_kw):  # type: ignore[no-untyped-def]
+    """(manifest, runner, engine) on the tiny LM's graph under test; `engine_kw` go to the engine."""
     manifest = TextManifest.read(next(repo.glob("*/kiln.json")).parent)
     runner = make_runner(manifest, GRAPH["variant"], max_batch=max_batch, max_seq_len=max_seq_len, threads=1)
     expected = StandardRunner if GRAPH["variant"] in ("fp32", "optimized") else FusedRunner  # int8/int4: fused
@@ -39,6 +40,7 @@ def make_engine(repo, max_batch=4, max_seq_len=128, max_queue=8, step_delay_s=0.
         vocab_size=manifest.vocab_size,
         max_queue=max_queue,
         step_delay_s=step_delay_s,
+        **engine_kw,
     )
     return manifest, runner, engine
 

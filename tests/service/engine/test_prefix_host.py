@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from contracts.manifest import TextManifest
-from service.backends.onnxruntime_lm import make_runner
-from service.engine.engine import GenerationEngine
+from service.backends.ort_runner import state_bytes
 from service.engine.observer import EngineObserver
 from service.engine.prefix_cache import Entry, HostStore
-from tests.service.engine import test_engine
+from tests.service.engine.test_engine import make_engine
 from tests.service.engine.test_prefix_reuse import generate
 
 rng = np.random.default_rng(3)
@@ -33,35 +32,17 @@ class Moves(EngineObserver):
 
 def one_slot_engine(repo, host_rows: int, observer: EngineObserver | None = None):  # type: ignore[no-untyped-def]
     manifest = TextManifest.read(next(repo.glob("*/kiln.json")).parent)
-    runner = make_runner(manifest, test_engine.GRAPH["variant"], max_batch=1, max_seq_len=128, threads=1)
+    budget = host_rows * state_bytes(manifest.state, 1, 128)  # one slot's bytes: one host row's
+    _, runner, engine = make_engine(repo, 1, 128, observer=observer, prefix_cache=True, prefix_cache_bytes=budget)
     if runner.prefix_reuse != "partial":
         pytest.skip("only attention KV is parked (the fused graph's runner)")
-    engine = GenerationEngine(
-        runner,
-        decode=lambda ids: "".join(f"<{i}>" for i in ids),
-        eos_token_ids=manifest.eos_token_ids,
-        vocab_size=manifest.vocab_size,
-        max_queue=8,
-        observer=observer,
-        prefix_cache=True,
-        prefix_cache_bytes=host_rows * runner.state.nbytes,  # one slot: its bytes are one row's
-    )
     engine.start()
     return engine
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_lm_repo):  # type: ignore[no-untyped-def]
-    manifest = TextManifest.read(next(tiny_lm_repo.glob("*/kiln.json")).parent)
-    runner = make_runner(manifest, test_engine.GRAPH["variant"], max_batch=1, max_seq_len=128, threads=1)
-    engine = GenerationEngine(
-        runner,
-        decode=lambda ids: "".join(f"<{i}>" for i in ids),
-        eos_token_ids=manifest.eos_token_ids,
-        vocab_size=manifest.vocab_size,
-        max_queue=8,
-        prefix_cache=False,
-    )
+    _, _, engine = make_engine(tiny_lm_repo, 1, 128)
     engine.start()
     yield engine
     engine.stop()

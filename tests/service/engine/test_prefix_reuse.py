@@ -11,26 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contracts.manifest import TextManifest
-from service.backends.onnxruntime_lm import make_runner
-from service.engine.engine import GenerationEngine
 from service.engine.sampling import SamplingParams
-from tests.service.engine import test_engine
-from tests.service.engine.test_engine import request
+from tests.service.engine.test_engine import make_engine, request
 
 
 def engine_for(repo, cache: bool, max_batch: int = 3, prefill_tokens: int = 16, shared: bool = False):  # type: ignore[no-untyped-def]
-    manifest = TextManifest.read(next(repo.glob("*/kiln.json")).parent)
-    runner = make_runner(manifest, test_engine.GRAPH["variant"], max_batch=max_batch, max_seq_len=256, threads=1)
-    engine = GenerationEngine(
-        runner,
-        decode=lambda ids: "".join(f"<{i}>" for i in ids),
-        eos_token_ids=manifest.eos_token_ids,
-        vocab_size=manifest.vocab_size,
-        max_queue=16,
-        prefill_tokens=prefill_tokens,
-        prefix_cache=cache,
-        prefix_cache_shared=shared,
+    _, runner, engine = make_engine(
+        repo, max_batch, 256, 16, prefill_tokens=prefill_tokens, prefix_cache=cache, prefix_cache_shared=shared
     )
     return runner, engine
 

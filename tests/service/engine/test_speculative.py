@@ -8,14 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from contracts.manifest import TextManifest
-from service.backends.onnxruntime_lm import make_runner
-from service.engine.engine import GenerationEngine
 from service.engine.observer import EngineObserver
 from service.engine.sampling import SamplingParams
 from service.engine.speculative import Acceptance, SpecConfig, SpecCost, accepted_prefix, propose
-from tests.service.engine import test_engine
-from tests.service.engine.test_engine import request
+from tests.service.engine.test_engine import make_engine, request
 
 
 def test_propose_takes_what_followed_the_latest_longest_match() -> None:
@@ -68,19 +64,9 @@ class Counting(EngineObserver):
 
 
 def engine_for(repo, spec: SpecConfig | None, observer: EngineObserver | None = None, max_batch: int = 3):  # type: ignore[no-untyped-def]
-    manifest = TextManifest.read(next(repo.glob("*/kiln.json")).parent)
-    runner = make_runner(manifest, test_engine.GRAPH["variant"], max_batch=max_batch, max_seq_len=256, threads=1)
+    _, runner, engine = make_engine(repo, max_batch, 256, observer=observer, speculative=spec, prefix_cache=True)
     assert runner.can_verify  # both contracts score every position of a guess in one call
-    return GenerationEngine(
-        runner,
-        decode=lambda ids: "".join(f"<{i}>" for i in ids),
-        eos_token_ids=manifest.eos_token_ids,
-        vocab_size=manifest.vocab_size,
-        max_queue=8,
-        observer=observer,
-        speculative=spec,
-        prefix_cache=True,
-    )
+    return engine
 
 
 def run(engine, prompt, n, **kw):  # type: ignore[no-untyped-def]
