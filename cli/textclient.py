@@ -9,6 +9,7 @@ way a generation is an iterator of text chunks; `cancel()` (Ctrl-C) stops it and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import threading
@@ -199,9 +200,25 @@ class LocalText:
         return LocalGeneration(self.loop, lambda: self.chat_plane.open_many(self.caller, turns, [options])[1][0])
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        """Cancel what still runs on the loop, stop and close it, then the model. A loop left
+        unclosed is closed by its finalizer at interpreter exit, when its self-pipe may already
+        be gone: a traceback on stderr after the CLI's one-line error."""
+        if self.thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_cancel_pending(), self.loop).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
         self.model.close()
+
+
+async def _cancel_pending() -> None:
+    """Every task of the running loop but this one, cancelled and awaited."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def quiet_onnxruntime() -> None:
