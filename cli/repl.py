@@ -137,29 +137,36 @@ class Repl:
         try:
             while True:
                 try:
-                    text = self.read()
-                except KeyboardInterrupt:
-                    print(file=out)
-                    continue
-                except EOFError:
-                    print(file=out)
-                    return
-                if not text.strip():
-                    continue
-                if text.startswith("/"):
-                    if not self.command(text.strip(), out):
+                    if not self.step(out):
                         return
-                    continue
-                try:
-                    generation = self.turn(text, self.sampling)
-                    reply = stream(generation, out)
-                except KeyboardInterrupt:
-                    print(" [stopped]", file=out)
-                    continue
-                except Exception as exc:  # a refused prompt is reported; the session goes on
-                    print(f"error: {exc}", file=sys.stderr, flush=True)
-                    continue
-                if self.on_reply:
-                    self.on_reply(text, reply)
+                except KeyboardInterrupt:  # between an answer's status line and the next prompt
+                    print(file=out)  # as at the prompt: the session goes on
         finally:
             save()
+
+    def step(self, out: TextIO) -> bool:
+        """Read one line and act on it; False when the session ends."""
+        try:
+            text = self.read()
+        except KeyboardInterrupt:
+            print(file=out)
+            return True
+        except EOFError:
+            print(file=out)
+            return False
+        if not text.strip():
+            return True
+        if text.startswith("/"):
+            return self.command(text.strip(), out)
+        try:
+            generation = self.turn(text, self.sampling)
+            reply = stream(generation, out)
+        except KeyboardInterrupt:
+            print(" [stopped]", file=out)
+            return True
+        except Exception as exc:  # a refused prompt is reported; the session goes on
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return True
+        if self.on_reply:
+            self.on_reply(text, reply)
+        return True
