@@ -66,8 +66,11 @@ def test_ctrl_c_stops_a_generation_and_the_session_goes_on(tiny_lm_vision_repo: 
     child.sendline("def f():")
     child.expect(STATUS, timeout=8)  # well before the stopped one would have ended by itself
     assert child.match.group(1) == "length"
-    child.sendintr()  # at the prompt: clears the line, does not leave
+    # Keys go in only once the prompt is up (readline then owns the terminal): a Ctrl-D typed
+    # while the REPL is between prompts can be lost in the terminal's mode switch.
     child.expect(">>> ")
+    child.sendintr()  # at the prompt: clears the line, does not leave
+    child.expect("\r\n>>> ")  # the fresh prompt, printed after the interrupt was handled
     child.sendeof()
     child.expect(pexpect.EOF)
     child.close()
