@@ -222,17 +222,17 @@ class GenerationEngine:
         prompt = seq.req.prompt_ids
         choice = self.cache.choose(range(row, self.runner.max_batch), prompt, seq.req.tenant)
         if self.host is not None:
-            reuse = self._through_host(choice, row, prompt, seq.req.tenant)
-        else:
-            self._swap(choice.row, row)
+            self._park(choice)
+        self._swap(choice.row, row)
+        reuse = self._restore(row, prompt, seq.req.tenant, choice.reuse) if self.host is not None else 0
+        if not reuse:
             self.runner.truncate(row, choice.reuse)
             reuse = choice.reuse
         seq.prefilled = seq.cached = reuse
         self.obs.prefix_cache(self.name, len(prompt), reuse)
 
-    def _through_host(self, choice: Choice, row: int, prompt: list[int], tenant: str) -> int:
-        """The host tier: park what the chosen slot is about to lose, then seat the prompt on the
-        longer of the slot's match and the longest parked one; the positions it starts with."""
+    def _park(self, choice: Choice) -> None:
+        """The host tier: what the chosen slot is about to lose goes to a host row first."""
         assert self.host is not None
         evicted = choice.evicted
         if evicted is not None and len(evicted.tokens) > choice.reuse:
@@ -240,15 +240,18 @@ class GenerationEngine:
             self.runner.park(choice.row, slot, len(evicted.tokens))
             self.host.put(slot, evicted)
             self.obs.prefix_host(self.name, "parked", len(evicted.tokens))
-        self._swap(choice.row, row)
+
+    def _restore(self, row: int, prompt: list[int], tenant: str, beat: int) -> int:
+        """The longest parked match copied into `row` when it is longer than `beat` (the slot's own
+        match); the positions restored, or 0."""
+        assert self.host is not None
         slot, reuse = self.host.lookup(prompt, tenant)
-        if reuse > choice.reuse:
-            self.runner.unpark(slot, row, reuse)
-            self.host.restored(slot)
-            self.obs.prefix_host(self.name, "restored", reuse)
-            return reuse
-        self.runner.truncate(row, choice.reuse)
-        return choice.reuse
+        if reuse <= beat:
+            return 0
+        self.runner.unpark(slot, row, reuse)
+        self.host.restored(slot)
+        self.obs.prefix_host(self.name, "restored", reuse)
+        return reuse
 
     def _swap(self, a: int, b: int) -> None:
         if a != b:

@@ -100,17 +100,15 @@ class PrefixCache:
             key = (reuse, -entry.used, row)  # the longest; of equal ones the stalest: it is destroyed
             weak = max(weak, key) if weak else key
         if strong is not None:
-            choice = Choice(strong[2], strong[0])
+            row, reuse = strong[2], strong[0]
         elif empty is not None:
-            choice = Choice(empty, 0)
+            row, reuse = empty, 0
         elif weak is not None:
-            choice = Choice(weak[2], weak[0])
+            row, reuse = weak[2], weak[0]
         else:
-            oldest = min(free, key=lambda r: self.rows[r].used)  # type: ignore[union-attr]
-            choice = Choice(oldest, 0)
-        evicted = self.rows[choice.row]
-        self.rows[choice.row] = None  # the new sequence owns the row now (and re-retains it when done)
-        return Choice(choice.row, choice.reuse, evicted)
+            row, reuse = min(free, key=lambda r: self.rows[r].used), 0  # type: ignore[union-attr]
+        evicted, self.rows[row] = self.rows[row], None  # the new sequence owns the row (re-retains it when done)
+        return Choice(row, reuse, evicted)
 
 
 def longest_match(entries: list[Entry | None], prompt: list[int], tenant: str, shared: bool) -> tuple[int, int]:
