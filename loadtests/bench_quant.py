@@ -44,19 +44,17 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
     block = QuantConfig().block_size
     extra: dict = {"step_bytes": {}}
     if any(b in KILN_VARIANTS for b in wanted):
-        entry = _quant_export(hf, base / "kiln_quant_repo", f"bench-{name.lower()}", QuantConfig(), log)
-        files = json.loads((entry / "kiln.json").read_text())["files"]
+        entry, files = _quant_export(hf, base / "kiln_quant_repo", f"bench-{name.lower()}", QuantConfig(), log)
         extra["kiln_quant_model"] = str(entry)
         # kiln-int4 and kiln-http-int4 serve the same graph: read each variant's file once.
         per_variant = {v: step_weight_bytes(entry / files[v]) for v in dict.fromkeys(KILN_VARIANTS.values())}
         for backend, variant in KILN_VARIANTS.items():
             extra["step_bytes"][backend] = per_variant[variant]
     if HEAD4 in wanted:
-        entry = _quant_export(hf, base / "kiln_head4_repo", f"bench-{name.lower()}", QuantConfig(head_bits=4), log)
+        head4 = QuantConfig(head_bits=4)
+        entry, files = _quant_export(hf, base / "kiln_head4_repo", f"bench-{name.lower()}", head4, log)
         extra["kiln_head4_model"] = str(entry)
-        extra["step_bytes"][HEAD4] = step_weight_bytes(
-            entry / json.loads((entry / "kiln.json").read_text())["files"]["int4"]
-        )
+        extra["step_bytes"][HEAD4] = step_weight_bytes(entry / files["int4"])
     if "ort-genai-int4" in wanted:
         og_dir = base / "ort-genai-int4"
         if not (og_dir / "genai_config.json").exists():
@@ -78,9 +76,9 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
     return extra
 
 
-def _quant_export(hf: Path, repo: Path, name: str, quant, log: Callable[[str], None]) -> Path:  # type: ignore[no-untyped-def]
+def _quant_export(hf: Path, repo: Path, name: str, quant, log: Callable[[str], None]) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
     """A Kiln export with the int8/int4 variants under `quant`'s settings, kept between runs while
-    its report's quantization settings are these."""
+    its report's quantization settings are these: (its entry, its manifest's files)."""
     from dataclasses import replace
 
     from export.pipeline import export_checkpoint
@@ -89,15 +87,16 @@ def _quant_export(hf: Path, repo: Path, name: str, quant, log: Callable[[str], N
     quant = replace(quant, int8_budget_pct=inf, int4_budget_pct=inf, calibration_tokens=2048)
     entry = repo / name
     manifest, report = entry / "kiln.json", entry / "export_report.json"
-    if manifest.exists() and report.exists() and "int4" in json.loads(manifest.read_text())["files"]:
+    if manifest.exists() and report.exists():
+        files = json.loads(manifest.read_text())["files"]
         made_with = json.loads(report.read_text()).get("quantization", {}).get("config")
-        if made_with == json.loads(json.dumps(quant.to_dict())):
-            return entry
+        if "int4" in files and made_with == json.loads(json.dumps(quant.to_dict())):
+            return entry, files
     log(f"[{hf.name}] Kiln export with the int8/int4 variants (int4 head {quant.head_bits}-bit)")
     export_checkpoint(
         hf, repo, name, variants=True, val_texts=["def f(x):\n    return x + 1\n"], ppl_tokens=64, quant=quant
     )
-    return entry
+    return entry, json.loads(manifest.read_text())["files"]
 
 
 def step_weight_bytes(onnx_file: Path) -> int:
