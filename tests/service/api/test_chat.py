@@ -115,6 +115,19 @@ def test_a_turn_ends_at_the_templates_end_of_turn_token(client: openai.OpenAI, a
     assert IM_END not in out.choices[0].message.content
 
 
+def schema_answers(client: openai.OpenAI, model: str, messages: list[dict], name: str, schema: dict, seeds, **kw):  # type: ignore[no-untyped-def]
+    """One answer per seed under a strict `json_schema` response format: each must end by `stop`
+    (the grammar closed the object), parsed."""
+    fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    values = []
+    for seed in seeds:
+        out = client.chat.completions.create(model=model, messages=messages, seed=seed, response_format=fmt, **kw)
+        choice = out.choices[0]
+        assert choice.finish_reason == "stop", choice
+        values.append(json.loads(choice.message.content))
+    return values
+
+
 def test_json_schema_outputs_parse_and_validate(client: openai.OpenAI) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     schema = {
@@ -127,14 +140,8 @@ def test_json_schema_outputs_parse_and_validate(client: openai.OpenAI) -> None:
         "required": ["name", "age", "tags"],
         "additionalProperties": False,
     }
-    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
-    for seed in range(4):
-        out = client.chat.completions.create(
-            model="tiny-qwen", messages=HELLO, max_tokens=60, temperature=1.0, seed=seed, response_format=fmt
-        )
-        choice = out.choices[0]
-        assert choice.finish_reason == "stop", choice
-        jsonschema.validate(json.loads(choice.message.content), schema)
+    for value in schema_answers(client, "tiny-qwen", HELLO, "person", schema, range(4), max_tokens=60, temperature=1.0):
+        jsonschema.validate(value, schema)
     anything = client.chat.completions.create(
         model="tiny-lm", messages=HELLO, max_tokens=40, temperature=0, response_format={"type": "json_object"}
     )

@@ -5,7 +5,6 @@ real app (FastAPI's TestClient as the transport, as in test_chat.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import openai
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import wait_ready
+from tests.service.api.test_chat import schema_answers
 
 DEMO = Path(__file__).resolve().parents[3] / "checkpoints" / "demo-lm"
 MESSAGES = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "def add(a, b):"}]
@@ -71,13 +71,7 @@ def test_the_demo_answers_a_json_schema_with_valid_json(demo_client: openai.Open
         "required": ["name", "n"],
         "additionalProperties": False,
     }
-    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
-    for seed in range(3):
-        out = demo_client.chat.completions.create(
-            model="demo-lm", messages=MESSAGES, max_tokens=256, temperature=0.8, seed=seed, response_format=fmt
-        )
-        choice = out.choices[0]
-        assert choice.finish_reason == "stop", choice
-        value = json.loads(choice.message.content)
+    answers = schema_answers(demo_client, "demo-lm", MESSAGES, "t", schema, range(3), max_tokens=256, temperature=0.8)
+    for value in answers:
         assert set(value) == {"name", "n"} and isinstance(value["n"], int) and 0 <= len(value["name"]) <= 12
         assert value["n"] <= 10**6
