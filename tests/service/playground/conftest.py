@@ -25,7 +25,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 @pytest.fixture(scope="session")
 def open_server(tiny_lm_vision_repo: Path) -> Iterator[Server]:
-    server = Server(tiny_lm_vision_repo)
+    # 20 ms per engine step: the tiny LM's whole reply is otherwise ready before a loaded browser's
+    # first read, and arrives as one chunk where the page is tested for streaming it.
+    server = Server(tiny_lm_vision_repo, KILN_FAULT_STEP_DELAY_MS="20")
     yield server
     server.stop()
 
