@@ -28,13 +28,16 @@ from service.errors import InvalidRequest, KilnError, QueueFull, Unavailable
 log = logging.getLogger("kiln.triton")
 
 # tritonclient's defaults, plus a short reconnect backoff so a restarted Triton is found within
-# about a second (gRPC's default backoff grows to two minutes).
+# about a second (gRPC's default backoff grows to two minutes), and a subchannel pool per
+# channel: with gRPC's global pool, the fresh channel made after a recovery would share the old
+# channel's connection, still in backoff, and fail fast with "connection refused" like it.
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 _MODEL_GONE = re.compile(r"unknown model|is not found|not ready|no available version|unavailable", re.I)
 _KILN_CODE = re.compile(r"^(?P<code>[a-z_]+): (?P<message>.*)$", re.S)

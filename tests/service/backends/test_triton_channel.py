@@ -36,3 +36,48 @@ def test_a_recovery_retires_the_inference_channel() -> None:
     assert a is b  # one channel, reused by every request
     assert c is not b and d is c and e is c
     assert f is not e
+
+
+def test_a_fresh_channel_does_not_inherit_the_old_ones_reconnect_backoff() -> None:
+    """The retirement above only helps if the new channel connects on its own: a real gRPC server
+    starts on a port an old channel kept failing to reach, and a channel made then (Kiln's
+    arguments) must succeed at once rather than share the old connection's backoff."""
+    import socket
+
+    import grpc
+    from grpc import aio
+
+    from service.backends.triton_client import CHANNEL_ARGS
+
+    class Pong(grpc.GenericRpcHandler):
+        def service(self, details):  # type: ignore[no-untyped-def]
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: b"pong")
+
+    async def call(channel: aio.Channel) -> str:
+        try:
+            return (await channel.unary_unary("/kiln.Test/Ping")(b"", timeout=2)).decode()
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    async def scenario() -> tuple[str, str]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        url = f"127.0.0.1:{sock.getsockname()[1]}"
+        sock.close()
+        old = aio.insecure_channel(url, options=CHANNEL_ARGS)
+        for _ in range(5):  # an outage: the old channel's backoff grows to its maximum
+            refused = await call(old)
+            await asyncio.sleep(0.3)
+        server = aio.server()
+        server.add_generic_rpc_handlers((Pong(),))
+        server.add_insecure_port(url)
+        await server.start()
+        try:
+            return refused, await call(aio.insecure_channel(url, options=CHANNEL_ARGS))
+        finally:
+            await server.stop(0)
+            await old.close()
+
+    refused, fresh = asyncio.run(scenario())
+    assert refused == "UNAVAILABLE"
+    assert fresh == "pong"
