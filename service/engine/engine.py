@@ -35,7 +35,7 @@ from service.engine.request import FinishEvent, GenerationRequest, TokenEvent
 from service.engine.runner import ModelRunner
 from service.engine.sampling import token_logprobs
 from service.engine.sequence import ActiveSequence
-from service.engine.speculative import SpecConfig, SpecCost, accepted_prefix, propose
+from service.engine.speculative import SpecConfig, SpecCost, accepted_prefix
 from service.errors import QueueFull, Unavailable
 
 log = logging.getLogger("kiln.engine")
@@ -319,7 +319,7 @@ class GenerationEngine:
             return False  # one plain step first, to learn what a guess must beat
         held = self.runner.length(0)
         room = min(self.spec.tokens, seq.req.max_new_tokens - seq.generated - 1, self.runner.max_seq_len - held - 1)
-        draft = propose(seq.tokens, self.spec)[: max(room, 0)]
+        draft = seq.lookup.propose()[: max(room, 0)]
         if not draft:
             return False
         self.obs.batch_size(self.name, 1)

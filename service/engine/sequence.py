@@ -15,7 +15,7 @@ from numpy.random import default_rng  # imported now: numpy loads it lazily, ~20
 from service.engine.detokenize import StreamDecoder
 from service.engine.request import GenerationRequest
 from service.engine.sampling import sample_token
-from service.engine.speculative import Acceptance, SpecConfig
+from service.engine.speculative import Acceptance, NgramLookup, SpecConfig
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -49,6 +49,7 @@ class ActiveSequence:
         self.cached = 0  # of those, reused from a finished sequence's slot (prefix caching)
         self.tokens = list(req.prompt_ids)  # prompt and output: what the slot holds, and one more
         self.acceptance = Acceptance(spec or SpecConfig())  # speculative decoding's record
+        self.lookup = NgramLookup(self.tokens, spec or SpecConfig())  # its guesses (indexed when first asked)
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token under the request's sampling, bans and constraint."""

@@ -29,18 +29,34 @@ class SpecConfig:
     min_acceptance: float = 0.25  # below this share of guessed tokens accepted, it gives up
 
 
-def propose(tokens: list[int], config: SpecConfig) -> list[int]:
-    """The k tokens that followed the latest earlier occurrence of the longest matching suffix."""
-    arr = np.asarray(tokens, np.int64)
-    for n in range(config.ngram_max, config.ngram_min - 1, -1):
-        if len(arr) <= n:
-            continue
-        windows = np.lib.stride_tricks.sliding_window_view(arr[:-1], n)  # every earlier n-gram
-        hits = np.flatnonzero((windows == arr[-n:]).all(axis=1))
-        if hits.size:
-            start = int(hits[-1]) + n  # the latest occurrence: the most local context
-            return arr[start : start + config.tokens].tolist()
-    return []
+class NgramLookup:
+    """One sequence's n-gram index: every n-gram that ends before its last token, mapped to the
+    position after its latest occurrence. A sequence only grows (rejected guesses never enter
+    it), so each step indexes just the tokens added since the last, and a guess is a dictionary
+    lookup per n-gram size: rescanning the whole sequence every step cost a third of a decode
+    step on the demo LM."""
+
+    def __init__(self, tokens: list[int], config: SpecConfig) -> None:
+        self.tokens = tokens  # the sequence's own list: prompt, then every token it took
+        self.config = config
+        self.sizes = range(config.ngram_max, config.ngram_min - 1, -1)  # longest first
+        self.follows: dict[tuple[int, ...], int] = {}  # tuple lengths keep the sizes apart
+        self.indexed = 0  # n-grams ending before this position are in `follows`
+
+    def propose(self) -> list[int]:
+        """The k tokens that followed the latest earlier occurrence of the longest matching suffix."""
+        tokens, last = self.tokens, len(self.tokens) - 1
+        for end in range(self.indexed, last):  # later occurrences overwrite earlier ones
+            for n in self.sizes:
+                if end + 1 >= n:
+                    self.follows[tuple(tokens[end + 1 - n : end + 1])] = end + 1
+        self.indexed = max(self.indexed, last)
+        for n in self.sizes:
+            if len(tokens) > n:
+                start = self.follows.get(tuple(tokens[-n:]))
+                if start is not None:
+                    return tokens[start : start + self.config.tokens]
+        return []
 
 
 class Acceptance:

@@ -10,8 +10,12 @@ import pytest
 
 from service.engine.observer import EngineObserver
 from service.engine.sampling import SamplingParams
-from service.engine.speculative import Acceptance, SpecConfig, SpecCost, accepted_prefix, propose
+from service.engine.speculative import Acceptance, NgramLookup, SpecConfig, SpecCost, accepted_prefix
 from tests.service.engine.test_engine import make_engine, request
+
+
+def propose(tokens: list[int], cfg: SpecConfig) -> list[int]:
+    return NgramLookup(list(tokens), cfg).propose()
 
 
 def test_propose_takes_what_followed_the_latest_longest_match() -> None:
@@ -21,6 +25,28 @@ def test_propose_takes_what_followed_the_latest_longest_match() -> None:
     assert propose([1, 2, 3, 4], cfg) == []  # nothing repeats
     assert propose([4, 1, 3, 1], cfg) == []  # a 1-gram match is below ngram_min
     assert propose([7, 7, 7], SpecConfig(tokens=5, ngram_max=2, ngram_min=2)) == [7]  # what there is
+
+
+def rescanned(tokens: list[int], cfg: SpecConfig) -> list[int]:
+    """The definition, by brute force: scan every earlier n-gram, longest n first, latest first."""
+    for n in range(cfg.ngram_max, cfg.ngram_min - 1, -1):
+        for start in range(len(tokens) - 1 - n, -1, -1):
+            if len(tokens) > n and tokens[start : start + n] == tokens[-n:]:
+                return tokens[start + n : start + n + cfg.tokens]
+    return []
+
+
+def test_the_incremental_index_guesses_what_a_rescan_of_the_whole_sequence_would() -> None:
+    """The index is built once and extended as the sequence grows, by one token or by several
+    accepted at once, on a small alphabet so that matches of every size come and go."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        cfg = SpecConfig(tokens=int(rng.integers(1, 6)), ngram_max=int(rng.integers(2, 5)), ngram_min=2)
+        tokens = rng.integers(0, 4, int(rng.integers(1, 30))).tolist()
+        lookup = NgramLookup(tokens, cfg)
+        for _ in range(60):
+            assert lookup.propose() == rescanned(tokens, cfg), (trial, tokens)
+            tokens.extend(rng.integers(0, 4, int(rng.integers(1, 4))).tolist())
 
 
 def test_the_accepted_prefix_is_where_greedy_first_disagrees() -> None:
