@@ -14,6 +14,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 class Metrics(EngineObserver):
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
         self.requests = Counter(
             "kiln_requests_total",
             "Requests by route, status, protocol and task (text-generation, image-classification, control).",
@@ -132,6 +133,15 @@ class Metrics(EngineObserver):
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def _child(self, metric: Counter | Histogram, *labels: str):  # type: ignore[no-untyped-def]
+        """A labelled child, looked up once: the engine observes every token, and prometheus_client's
+        `labels()` (validation and a lock) cost several times the observation itself."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # EngineObserver
     def queue_depth(self, model: str, depth: int) -> None:
         self.queue.labels(model).set(depth)
@@ -144,16 +154,16 @@ class Metrics(EngineObserver):
         self.slots_total.labels(model).set(total)
 
     def batch_size(self, model: str, size: int) -> None:
-        self.batch.labels(model).observe(size)
+        self._child(self.batch, model).observe(size)
 
     def ttft(self, model: str, seconds: float) -> None:
         self.ttft_s.labels(model).observe(seconds)
 
     def inter_token(self, model: str, seconds: float) -> None:
-        self.itl_s.labels(model).observe(seconds)
+        self._child(self.itl_s, model).observe(seconds)
 
     def tokens(self, model: str, protocol: str, count: int) -> None:
-        self.generated_tokens.labels(model, protocol).inc(count)
+        self._child(self.generated_tokens, model, protocol).inc(count)
 
     def rejected(self, model: str, reason: str) -> None:
         self.rejections.labels(model, reason).inc()
