@@ -18,7 +18,8 @@ Each backend runs in its own worker process (so one runtime's idle thread pool n
 another's), with a warm-up first. Cases are interleaved over `--repeats` rounds and each case
 reports its best round (the machine may be shared; the best round is the least disturbed one).
 Per-token times are taken where the tokens appear: the transformers streamer, each ort-genai
-`generate_next_token()`, the engine's emit callback, and each SSE event on the client.
+`generate_next_token()`, the engine's emit callback, and each SSE event on the client (a lean
+asyncio reader, loadtests/sse_client.py: httpx took 2.5 times its CPU per token on the shared cores).
 
     python loadtests/bench_generate.py --out docs/benchmarks.md            # full run
     python loadtests/bench_generate.py --models tiny --quick --out /tmp/b.md  # smoke run
@@ -474,6 +475,7 @@ def summarize(run: dict, new: int) -> dict:
             (s.get("completion_tokens") or len(s["times"])) == new for s in seqs
         ),  # every sequence got all its tokens
         "tok_s": tokens / (end - start),
+        "client_us_per_token": 1e6 * run["client_cpu_s"] / tokens if "client_cpu_s" in run else None,
         "ttft_p50": 1000 * pct(ttft, 50),
         "ttft_p99": 1000 * pct(ttft, 99),
         "tpot_p50": 1000 * pct(gaps, 50),
@@ -563,7 +565,9 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
         "",
         "- **tok/s**: output tokens of all sequences ÷ wall time from the first request to the last token "
         "(prefill included).",
-        "- **TTFT**: request sent → first token (HTTP: first SSE token event at the client).",
+        "- **TTFT**: request sent → first token (HTTP: first SSE token event at the client; the clients are "
+        "`loadtests/sse_client.py` on uvloop in the benchmark's process, on the same 2 cores as the server, "
+        "so the CPU they spend per token, given under each table, is taken from the server being measured).",
         "- **TPOT**: gaps between consecutive tokens of a sequence, over all sequences (p50/p99).",
         "- **BW share**: decode rate of one sequence (1 / TPOT p50) ÷ the bandwidth bound "
         "(memory read bandwidth ÷ bytes of weights read per decode step) — how close a decode step comes "
@@ -623,6 +627,15 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
                     f"| {'—' if r['stall_share'] != r['stall_share'] else format(r['stall_share'], '.0%')} | {agree} "
                     f"| {'yes' if r['complete'] else 'NO'} |"
                 )
+        client = [
+            f"{b} {r['batch']}: {r['client_us_per_token']:.0f}"
+            for b in BACKENDS
+            for r in res.get(b, [])
+            if r.get("client_us_per_token") is not None
+        ]
+        if client:
+            own = "HTTP clients' own CPU per token (µs; the load generator, on the same cores)"
+            lines += ["", f"{own}: {', '.join(client)}."]
         lines += ["", "| ratio (same run) | value | target | met |", "|---|---|---|---|"]
         for label, value, target, ok in ratios(res, name):
             lines.append(f"| {label} | {fmt(value, 2)}× | {target} | {ok} |")

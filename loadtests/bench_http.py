@@ -8,6 +8,10 @@ more while py-spy samples the server's Python threads (out of process, `--nonblo
 server is never paused). The summary says where the server's Python time goes per streamed
 token: the event-loop thread (routes, SSE, the data plane), the engine thread (batching,
 sampling, detokenization) and the rest — the cost issue 14 asks to keep small next to a step.
+
+The clients are loadtests/sse_client.py on uvloop, in the benchmark's process: they share the 2
+cores with the server (their CPU per token is reported), and httpx's client took about 2.5 times
+as much.
 """
 
 from __future__ import annotations
@@ -43,35 +47,39 @@ def _server(model: dict, clients: list[int], threads: int, env: dict[str, str]):
     )
 
 
+def _run(coro):  # type: ignore[no-untyped-def]
+    """The clients' event loop: uvloop where installed (the server's own), for the same reason as
+    sse_client: less of the shared cores spent by the load generator."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 async def _stream(url: str, prompts: list[dict], n: int, n_new: int) -> dict:
     """n concurrent streaming clients; every token's arrival time and id per client."""
-    import httpx
+    from sse_client import sse_post
 
-    async def one(client: httpx.AsyncClient, prompt: dict, t0: float) -> dict:
+    async def one(prompt: dict, t0: float) -> dict:
         body = {"prompt": prompt["text"], "max_new_tokens": n_new, "temperature": 0, "ignore_eos": True, "stream": True}
         seq: dict = {"submit": time.perf_counter() - t0, "times": [], "ids": [], "completion_tokens": 0}
-        async with client.stream("POST", "/generate", json=body) as resp:
-            if resp.status_code != 200:
-                raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
-            finish = False
-            async for line in resp.aiter_lines():
-                if line.startswith("event: finish"):
-                    finish = True
-                elif line.startswith("data: {"):
-                    data = json.loads(line[6:])
-                    if finish:
-                        seq["completion_tokens"] = data["usage"]["completion_tokens"]
-                        seq["prompt_tokens"] = data["usage"]["prompt_tokens"]
-                    elif data.get("token", -1) >= 0:
-                        seq["times"].append(time.perf_counter() - t0)
-                        seq["ids"].append(data["token"])
+        async for name, data in sse_post(url, "/generate", body):
+            if name == "finish":
+                usage = json.loads(data)["usage"]
+                seq["completion_tokens"], seq["prompt_tokens"] = usage["completion_tokens"], usage["prompt_tokens"]
+            elif name == "error":
+                raise RuntimeError(f"the stream failed: {data[:300]!r}")
+            elif data.startswith(b"{"):
+                token = json.loads(data).get("token", -1)
+                if token >= 0:
+                    seq["times"].append(time.perf_counter() - t0)
+                    seq["ids"].append(token)
         return seq
 
-    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        t0 = time.perf_counter()
-        seqs = await asyncio.gather(*(one(client, prompts[i % len(prompts)], t0) for i in range(n)))
-    return {"batch": n, "seqs": list(seqs)}
+    cpu, t0 = time.process_time(), time.perf_counter()
+    seqs = await asyncio.gather(*(one(prompts[i % len(prompts)], t0) for i in range(n)))
+    return {"batch": n, "seqs": list(seqs), "client_cpu_s": time.process_time() - cpu}
 
 
 def worker_http(
@@ -79,8 +87,8 @@ def worker_http(
 ) -> dict:
     server = _server(model, clients, threads, env or {})
     try:
-        asyncio.run(_stream(server.url, prompts, 1, 4))  # warm-up
-        results = [asyncio.run(_stream(server.url, prompts, n, new)) for n in clients]
+        _run(_stream(server.url, prompts, 1, 4))  # warm-up
+        results = [_run(_stream(server.url, prompts, n, new)) for n in clients]
     finally:
         server.stop()
     return {"runs": results}
@@ -101,13 +109,13 @@ def worker_http_profile(model: dict, prompts: list[dict], clients: list[int], ne
     server = _server(model, clients, threads, {})
     out = Path(tempfile.mkdtemp()) / "pyspy.txt"
     try:
-        asyncio.run(_stream(server.url, prompts, 1, 4))
+        _run(_stream(server.url, prompts, 1, 4))
         cmd = [py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(PYSPY_RATE), "--threads"]
         cmd += ["--nonblocking", "--format", "raw", "--output", str(out)]
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)  # py-spy attached
         t0 = time.perf_counter()
-        run = asyncio.run(_stream(server.url, prompts, n, new))
+        run = _run(_stream(server.url, prompts, n, new))
         wall = time.perf_counter() - t0
         spy.send_signal(signal.SIGINT)
         _, err = spy.communicate(timeout=60)
