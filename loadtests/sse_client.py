@@ -67,7 +67,7 @@ async def _body(reader: asyncio.StreamReader, chunked: bool, timeout: float) -> 
         size = int((await asyncio.wait_for(reader.readline(), timeout)).split(b";")[0], 16)
         if size == 0:
             return
-        data = await reader.readexactly(size + 2)  # the chunk and its CRLF
+        data = await asyncio.wait_for(reader.readexactly(size + 2), timeout)  # the chunk and its CRLF
         yield data[:-2]
 
 
