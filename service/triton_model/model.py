@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -48,6 +47,7 @@ from service.engine.build import build_text_engine  # noqa: E402
 from service.engine.request import FinishEvent, GenerationRequest, TokenEvent  # noqa: E402
 from service.engine.sampling import SamplingParams  # noqa: E402
 from service.errors import KilnError  # noqa: E402
+from service.triton_model.live import LiveRequests  # noqa: E402
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 log = logging.getLogger("kiln.triton")
@@ -113,8 +113,7 @@ class TritonPythonModel:
         )
         runner = self.engine.runner
         self.vocab_size = manifest.vocab_size
-        self._live: dict[int, tuple[GenerationRequest, Any]] = {}  # id(request) -> (request, response sender)
-        self._lock = threading.Lock()
+        self._live = LiveRequests()
         self._stopping = threading.Event()
         self.engine.start()
         self._watcher = threading.Thread(target=self._watch_cancellations, name="kiln-cancel-watch", daemon=True)
@@ -162,8 +161,7 @@ class TritonPythonModel:
             req = holder["req"]
             try:
                 if isinstance(event, FinishEvent):
-                    with self._lock:
-                        self._live.pop(id(req), None)
+                    self._live.remove(req)  # first: the watch must not ask its sender after FINAL
                     if event.reason != "cancelled":
                         sender.send(_final(event), flags=FINAL)
                     else:
@@ -189,26 +187,17 @@ class TritonPythonModel:
             protocol="triton",
         )
         holder["req"] = req
-        with self._lock:
-            self._live[id(req)] = (req, sender)
+        self._live.add(req, sender)
         try:
             self.engine.submit(req)
         except Exception:
-            with self._lock:
-                self._live.pop(id(req), None)
+            self._live.remove(req)
             raise
 
     def _watch_cancellations(self) -> None:
         """Triton marks a sender cancelled when the client cancels its gRPC stream."""
         while not self._stopping.wait(0.05):
-            with self._lock:
-                live = list(self._live.values())
-            for req, sender in live:
-                try:
-                    if sender.is_cancelled():
-                        req.cancel()
-                except Exception:
-                    req.cancel()
+            self._live.check_cancelled()
 
     def finalize(self) -> None:
         self._stopping.set()
