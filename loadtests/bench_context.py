@@ -160,19 +160,8 @@ def layer_summary(name: str, config: dict) -> str:
     return ", ".join(f"{kinds.count(k)} × {k}" for k in dict.fromkeys(kinds))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--quick", action="store_true", help="tiny models, one round: a smoke run")
-    args = parser.parse_args(argv)
-    configs = QUICK if args.quick else MODELS
-    if args.quick:
-        args.rounds, args.steps = 1, 1
-
-    workdir = Path(tempfile.mkdtemp(prefix="kiln-bench-context-"))
+def measure(configs: dict, args: argparse.Namespace, workdir: Path) -> dict:
+    """Export each model under `workdir` and time its decode step at every context length, rounds interleaved."""
     from export.train_demo.corpus import load_corpus
 
     tokenizer = train_tokenizer(load_corpus().train[:200], vocab_size=VOCAB)
@@ -191,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             ms[(name, batch, context)].append(cases[(name, batch)].step_ms(context, args.steps))
         load.append(os.getloadavg()[0])
         print(f"round {r + 1}/{args.rounds} done (load {load[-1]:.1f})", flush=True)
-    result = {
+    return {
         "models": models,
         "ms": {
             n: {str(b): {str(c): float(np.median(ms[(n, b, c)])) for c in CONTEXTS} for b in BATCHES} for n in MODELS
@@ -203,6 +192,22 @@ def main(argv: list[str] | None = None) -> None:
         "onnxruntime": ort.__version__,
         "cpu": platform.processor() or platform.machine(),
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--quick", action="store_true", help="tiny models, one round: a smoke run")
+    args = parser.parse_args(argv)
+    configs = QUICK if args.quick else MODELS
+    if args.quick:
+        args.rounds, args.steps = 1, 1
+
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-context-") as workdir:
+        result = measure(configs, args, Path(workdir))
     text = render(result)
     print(text)
     write_section(args.out, BEGIN, END, text, heading="## Context length")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import selectors
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,9 @@ from collections import defaultdict
 from pathlib import Path
 
 PYSPY_RATE = 250  # samples per second per thread
+# The profiled run repeats until this long: a smoke run's 16 tokens took ~30 ms, a handful of samples,
+# and the event loop was sometimes in none of them.
+PROFILE_MIN_S = 2.0
 ENGINE_THREAD = "kiln-engine-"
 
 
@@ -99,30 +103,49 @@ def worker_http_int4(model: dict, prompts: list[dict], clients: list[int], new: 
 
 
 def worker_http_profile(model: dict, prompts: list[dict], clients: list[int], new: int, threads: int) -> dict:
-    """One run of the largest client count under py-spy (after a warm-up); the summary."""
+    """The largest client count under py-spy (after a warm-up), for PROFILE_MIN_S at least; the summary."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         return {"skipped": "py-spy is not installed (`pip install -e '.[bench]'`)"}
     n = max(clients)
     server = _server(model, clients, threads, {})
-    out = Path(tempfile.mkdtemp()) / "pyspy.txt"
+    spool = tempfile.TemporaryDirectory(prefix="kiln-pyspy-")
+    out = Path(spool.name) / "pyspy.txt"
     try:
         _run(_stream(server.url, prompts, 1, 4))
         cmd = [py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(PYSPY_RATE), "--threads"]
         cmd += ["--nonblocking", "--format", "raw", "--output", str(out)]
-        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # py-spy attached
-        t0 = time.perf_counter()
-        run = _run(_stream(server.url, prompts, n, new))
+        spy = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        attached = _await_sampling(spy, timeout=30)
+        t0, seqs = time.perf_counter(), []
+        while not seqs or time.perf_counter() - t0 < PROFILE_MIN_S:
+            seqs += _run(_stream(server.url, prompts, n, new))["seqs"]
         wall = time.perf_counter() - t0
         spy.send_signal(signal.SIGINT)
         _, err = spy.communicate(timeout=60)
     finally:
         server.stop()
-    if not out.exists():
-        return {"skipped": f"py-spy wrote nothing: {err[-500:]}"}
-    tokens = sum(len(s["ids"]) for s in run["seqs"])
-    return {"clients": n, "tokens": tokens, "wall_s": wall, **summarize_pyspy(out.read_text(), tokens)}
+    with spool:
+        if not out.exists() or not attached:
+            return {"skipped": f"py-spy attached: {attached}, wrote: {out.exists()}: {err[-500:]}"}
+        raw = out.read_text()
+    tokens = sum(len(s["ids"]) for s in seqs)
+    return {"clients": n, "tokens": tokens, "wall_s": wall, **summarize_pyspy(raw, tokens)}
+
+
+def _await_sampling(spy: subprocess.Popen, timeout: float) -> bool:
+    """Whether py-spy said (on stdout) it is sampling within `timeout` s. A fixed sleep was a race: on a
+    loaded machine py-spy attached after a short run had ended and the profile had no event loop in it."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(spy.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        while (left := deadline - time.monotonic()) > 0 and sel.select(left):
+            line = spy.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                return False  # py-spy exited
+            if "Sampling process" in line:
+                return True
+    return False
 
 
 def summarize_pyspy(raw: str, tokens: int) -> dict:

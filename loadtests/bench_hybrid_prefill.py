@@ -96,7 +96,8 @@ def main() -> None:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
-    tmp = Path(tempfile.mkdtemp())
+    graphs = tempfile.TemporaryDirectory(prefix="kiln-bench-hybrid-")  # ORT holds what it loaded
+    tmp = Path(graphs.name)
     ids = np.random.default_rng(0).integers(3, COMMON["vocab_size"], (1, args.prompt))
     options, params, agree = {}, {}, {}
     for arch, layers in ARCHS.items():
@@ -122,6 +123,7 @@ def main() -> None:
         first = next(iter(outs.values()))
         agree.update({name: float(np.abs(out - first).max()) for name, out in outs.items()})
         options.update({name: (lambda d=driver, g=g, c=c: d.run(g, ids, c)) for name, (g, c) in opt.items()})
+    graphs.cleanup()
     times: dict[str, list[float]] = {name: [] for name in options}
     order = list(options)
     load = [os.getloadavg()[0]]

@@ -15,7 +15,11 @@ from tests.families import FAMILIES, SPECS, FamilyZoo
 
 
 def main() -> None:
-    zoo = FamilyZoo(Path(tempfile.mkdtemp(prefix="kiln-families-")))
+    with tempfile.TemporaryDirectory(prefix="kiln-families-") as tmp:
+        report(FamilyZoo(Path(tmp)))
+
+
+def report(zoo: FamilyZoo) -> None:
     phases = ("prefill", "prefill_chunk_1", "prefill_chunk_2", "decode")
     print("| checkpoint | saved as | graph | " + " | ".join(phases) + " |")
     print("|---|---|---|" + "---|" * len(phases))
