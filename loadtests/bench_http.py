@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import selectors
 import shutil
 import signal
@@ -135,15 +136,17 @@ def worker_http_profile(model: dict, prompts: list[dict], clients: list[int], ne
 
 def _await_sampling(spy: subprocess.Popen, timeout: float) -> bool:
     """Whether py-spy said (on stdout) it is sampling within `timeout` s. A fixed sleep was a race: on a
-    loaded machine py-spy attached after a short run had ended and the profile had no event loop in it."""
-    deadline = time.monotonic() + timeout
+    loaded machine py-spy attached after a short run had ended and the profile had no event loop in it.
+    Reads the raw fd: a buffered readline could hold a second line where select cannot see it."""
+    deadline, seen, fd = time.monotonic() + timeout, b"", spy.stdout.fileno()  # type: ignore[union-attr]
     with selectors.DefaultSelector() as sel:
-        sel.register(spy.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        sel.register(fd, selectors.EVENT_READ)
         while (left := deadline - time.monotonic()) > 0 and sel.select(left):
-            line = spy.stdout.readline()  # type: ignore[union-attr]
-            if not line:
+            chunk = os.read(fd, 4096)
+            if not chunk:
                 return False  # py-spy exited
-            if "Sampling process" in line:
+            seen += chunk
+            if b"Sampling process" in seen:
                 return True
     return False
 

@@ -36,3 +36,12 @@ def test_a_profiler_that_exits_or_stays_silent_is_reported_not_waited_on() -> No
     finally:
         silent.kill()
         silent.communicate()
+
+
+def test_the_sampling_line_is_seen_when_it_shares_one_write_with_another() -> None:
+    spy = _stand_in("printf 'py-spy> one\\npy-spy> Sampling process 997 times\\n'; exec sleep 30")
+    try:
+        assert _await_sampling(spy, timeout=3)
+    finally:
+        spy.kill()
+        spy.communicate()
