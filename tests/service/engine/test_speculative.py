@@ -24,7 +24,9 @@ def test_propose_takes_what_followed_the_latest_longest_match() -> None:
     assert propose([1, 2, 3, 4, 1, 2, 9, 9, 1, 2], cfg) == [9, 9, 1]  # the latest (1, 2)
     assert propose([1, 2, 3, 4], cfg) == []  # nothing repeats
     assert propose([4, 1, 3, 1], cfg) == []  # a 1-gram match is below ngram_min
-    assert propose([7, 7, 7], SpecConfig(tokens=5, ngram_max=2, ngram_min=2)) == [7]  # what there is
+    # A match near the end: the copy runs on through its own guess (the loop the sequence is in).
+    assert propose([7, 7, 7], SpecConfig(tokens=5, ngram_max=2, ngram_min=2)) == [7, 7, 7, 7, 7]
+    assert propose([3, 1, 2, 1, 2], SpecConfig(tokens=5, ngram_max=2, ngram_min=2)) == [1, 2, 1, 2, 1]
 
 
 def rescanned(tokens: list[int], cfg: SpecConfig) -> list[int]:
@@ -32,7 +34,10 @@ def rescanned(tokens: list[int], cfg: SpecConfig) -> list[int]:
     for n in range(cfg.ngram_max, cfg.ngram_min - 1, -1):
         for start in range(len(tokens) - 1 - n, -1, -1):
             if len(tokens) > n and tokens[start : start + n] == tokens[-n:]:
-                return tokens[start + n : start + n + cfg.tokens]
+                text = list(tokens)  # copied from start + n on: through the end, then on into the guess
+                while len(text) < len(tokens) + cfg.tokens:
+                    text.append(text[start + n + len(text) - len(tokens)])
+                return text[len(tokens) :]
     return []
 
 
