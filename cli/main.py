@@ -48,7 +48,14 @@ def cmd_train_demo(args: argparse.Namespace) -> None:
         return
     from export.train_demo.lm import train_demo_lm
 
-    train_demo_lm(out, seed=args.seed, steps=args.steps or 320, max_minutes=args.minutes, arch=args.arch)
+    train_demo_lm(
+        out,
+        seed=args.seed,
+        steps=args.steps or 320,
+        long_steps=args.long_steps,
+        max_minutes=args.minutes,
+        arch=args.arch,
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -124,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help=f"default {DEMO_LM_CHECKPOINT}, {DEMO_HYBRID_CHECKPOINT} or {DEMO_VISION_CHECKPOINT}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="optimizer steps (fixed, for determinism; default 320 LM, 1500 vision)")
+    p.add_argument(
+        "--long-steps",
+        type=int,
+        default=0,
+        help="LM only: then this many steps on 8 x 512-token windows (the committed demo LM: 320)",
+    )
     p.add_argument("--minutes", type=float, default=30.0, help="safety cap on training time (a hit is logged)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_train_demo)

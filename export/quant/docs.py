@@ -139,7 +139,7 @@ def render(report: dict, study: dict | None, memory: list[dict] | None) -> str:
         "## Reproduce",
         "",
         "```",
-        "kiln train-demo --out checkpoints/demo-lm --steps 640  # or the committed checkpoint",
+        "kiln train-demo --out checkpoints/demo-lm --steps 640 --long-steps 320  # or the committed one",
         "kiln export --checkpoint checkpoints/demo-lm --repository model_repository --name demo-lm",
         "python -m export.quant.study --entry model_repository/demo-lm --out runs/quant-study.json",
         "python loadtests/variant_memory.py --entry model_repository/demo-lm --out runs/variant-memory.json",

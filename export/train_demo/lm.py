@@ -11,9 +11,11 @@ result depends on speed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,40 @@ def _loss(model: LlamaLM | HybridLM, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training with its own AdamW (fresh moments), linear warmup over 5% of its
+    steps, cosine decay to 0.1x, batch shape and batch order (numpy rng `seed + seed_offset`)."""
+
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    seed_offset: int = 0
+
+    def lr_at(self, step: int) -> float:
+        warmup = max(1, self.steps // 20)
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.steps - warmup)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# The demo LM's second phase: full-length windows. Trained on 128-token windows only, the model's
+# loss rises past position 128 (2.71 at 128-192, 3.33 at 384-512) and it rarely copies from far
+# back in its prompt; 320 steps at 8 x 512 continue it to lower loss at every position (2.50 /
+# 2.46) and make it copy a function it was shown (docs/benchmarks.md, speculative decoding).
+LONG_PHASE = dict(batch_size=8, seq_len=512, lr=1e-3, seed_offset=11)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: the log records it, so a retrain can be checked step by step."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def train_demo_lm(
     out: Path,
     seed: int = 0,
@@ -83,17 +119,24 @@ def train_demo_lm(
     eval_every: int = 40,
     model_overrides: dict | None = None,
     arch: str = "llama",
+    long_steps: int = 0,
+    stop_after: int | None = None,
 ) -> dict:
+    """`steps` at `batch_size` x `seq_len`, then `long_steps` of LONG_PHASE. `stop_after` ends
+    training after that many steps of the planned schedule (a retrain check of its beginning)."""
     if arch not in ARCHS:
         raise ValueError(f"arch={arch!r}: one of {', '.join(ARCHS)}")
+    phases = [Phase(steps, batch_size, seq_len, lr)] + ([Phase(long_steps, **LONG_PHASE)] if long_steps else [])
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     corpus = load_corpus()
     tokenizer = train_tokenizer(corpus.train, vocab_size=vocab_size)
     base = HYBRID_DEMO_CONFIG if arch == "hybrid" else DEMO_CONFIG
     config_cls = HybridConfig if arch == "hybrid" else LlamaConfig
     cfg = config_cls(vocab_size=tokenizer.get_vocab_size(), **{**base, **(model_overrides or {})})
+    longest = max(p.seq_len for p in phases)
+    if longest > cfg.max_position_embeddings:
+        raise ValueError(f"a {longest}-token training window exceeds {cfg.max_position_embeddings} positions")
     train = _stream(tokenizer, corpus.train, cfg.bos_token_id, cfg.eos_token_id)
     val = _stream(tokenizer, corpus.val, cfg.bos_token_id, cfg.eos_token_id)
     val_starts = np.random.default_rng(seed + 1).integers(0, len(val) - seq_len - 1, size=64)
@@ -108,15 +151,8 @@ def train_demo_lm(
     decay = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] not in NO_DECAY]
     no_decay = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in NO_DECAY]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
-    warmup = max(1, steps // 20)
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
-
-    def val_loss() -> float:
+    def val_loss() -> float:  # always on `seq_len` windows, so every entry of the log compares
         model.eval()
         with torch.no_grad():
             losses = [_loss(model, _batch(val, val_starts[i : i + 16], seq_len)).item() for i in range(0, 64, 16)]
@@ -126,46 +162,57 @@ def train_demo_lm(
     log: list[dict] = []
     started = time.perf_counter()
     model.train()
-    step = 0
+    done, planned = 0, sum(p.steps for p in phases)
+    budget = planned if stop_after is None else min(stop_after, planned)
     stopped_early = False
-    progress = bar(steps, "train demo LM")
-    for step in range(steps):
-        progress.update()
-        if (time.perf_counter() - started) / 60 > max_minutes:
-            stopped_early = True
-            print(f"time cap of {max_minutes} min reached at step {step}; stopping early", flush=True)
+    progress = bar(budget, "train demo LM")
+    for index, phase in enumerate(phases):
+        rng = np.random.default_rng(seed + phase.seed_offset)
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=phase.lr, betas=(0.9, 0.95))
+        for step in range(phase.steps):
+            if done >= budget:
+                break
+            if (time.perf_counter() - started) / 60 > max_minutes:
+                stopped_early = True
+                print(f"time cap of {max_minutes} min reached after {done} steps; stopping early", flush=True)
+                break
+            progress.update()
+            for group in opt.param_groups:
+                group["lr"] = phase.lr_at(step)
+            starts = rng.integers(0, len(train) - phase.seq_len - 1, size=phase.batch_size)
+            loss = _loss(model, _batch(train, starts, phase.seq_len))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            done += 1
+            if step % eval_every == 0 or step == phase.steps - 1:
+                entry = {
+                    "phase": index,
+                    "step": step,
+                    "train_loss": round(loss.item(), 4),
+                    "val_loss": round(val_loss(), 4),
+                    "weights_sha256": weights_digest(model),
+                    "elapsed_s": round(time.perf_counter() - started, 1),
+                }
+                log.append(entry)
+                note(json.dumps({k: v for k, v in entry.items() if k != "weights_sha256"}))
+        if stopped_early:
             break
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        batch = _batch(train, rng.integers(0, len(train) - seq_len - 1, size=batch_size), seq_len)
-        loss = _loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % eval_every == 0 or step == steps - 1:
-            entry = {
-                "step": step,
-                "train_loss": round(loss.item(), 4),
-                "val_loss": round(val_loss(), 4),
-                "elapsed_s": round(time.perf_counter() - started, 1),
-            }
-            log.append(entry)
-            note(json.dumps(entry))
 
     progress.close()
     model.eval()
     save_checkpoint(model, tokenizer, out)
     final_val = val_loss()
-    done = step if stopped_early else step + 1  # a cap hit at `step` means that step never ran
     summary = {
         "arch": arch,
         "seed": seed,
         "steps": done,
-        "planned_steps": steps,
+        "planned_steps": planned,
         "stopped_early": stopped_early,
+        "phases": [asdict(p) for p in phases],
         "parameters": params,
-        "tokens_seen": done * batch_size * seq_len,
+        "tokens_seen": _tokens_seen(phases, done),
         "final_val_loss": final_val,
         "final_val_perplexity": math.exp(final_val),
         "train_seconds": round(time.perf_counter() - started, 1),
@@ -181,6 +228,15 @@ def train_demo_lm(
     )
     print("sample:", repr(greedy_sample(model, tokenizer, "def fib(n):", 40)), flush=True)
     return summary
+
+
+def _tokens_seen(phases: list[Phase], done: int) -> int:
+    total = 0
+    for phase in phases:
+        run = min(done, phase.steps)
+        total += run * phase.batch_size * phase.seq_len
+        done -= run
+    return total
 
 
 def greedy_sample(model: LlamaLM | HybridLM, tokenizer, prompt: str, n: int) -> str:  # type: ignore[no-untyped-def]
