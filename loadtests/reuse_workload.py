@@ -49,7 +49,7 @@ class Profile:
     user: int = 24  # a user message
     reply: int = 32  # the model's reply (greedy, EOS ignored: every turn has the same length)
     new: int = 128  # tokens generated per speculative-decoding prompt
-    functions: int = 3  # prompts per kind
+    functions: int = 8  # prompts per kind
     code: int = 160  # most ids of a function in a grounded prompt
     echo_code: int = 96  # most ids of the function in an echo prompt (it appears twice)
     line: int = 24  # most ids of the repeated first line
