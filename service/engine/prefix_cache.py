@@ -41,6 +41,17 @@ class Choice:
     evicted: Entry | None = None  # what the row held before (it keeps only `reuse` positions of it)
 
 
+class LogicalClock:
+    """Recency for least-recently-used choices: each tick is later than every earlier one."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def tick(self) -> int:
+        self.now += 1
+        return self.now
+
+
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
     if n == 0:
@@ -54,15 +65,11 @@ class PrefixCache:
         self.rows: list[Entry | None] = [None] * max_batch
         self.shared = shared  # one cache for every tenant (operator's choice)
         self.partial = partial  # False for recurrent state: whole entries only
-        self._clock = 0
-
-    def _tick(self) -> int:
-        self._clock += 1
-        return self._clock
+        self._clock = LogicalClock()
 
     def retain(self, row: int, tokens: list[int] | np.ndarray, tenant: str) -> None:
         """The slot keeps a finished sequence's positions."""
-        self.rows[row] = Entry(np.asarray(tokens, np.int64), tenant, self._tick()) if len(tokens) else None
+        self.rows[row] = Entry(np.asarray(tokens, np.int64), tenant, self._clock.tick()) if len(tokens) else None
 
     def forget(self, row: int) -> None:
         self.rows[row] = None
@@ -131,7 +138,7 @@ class HostStore:
     def __init__(self, rows: int, shared: bool = False) -> None:
         self.rows: list[Entry | None] = [None] * rows
         self.shared = shared
-        self._clock = 0
+        self._clock = LogicalClock()
 
     def slot_for(self, entry: Entry) -> int:
         """The host row `entry` should be parked in: the one of the same tenant sharing at least
@@ -153,8 +160,7 @@ class HostStore:
         return min(range(len(self.rows)), key=lambda i: self.rows[i].used)  # type: ignore[union-attr]
 
     def put(self, slot: int, entry: Entry) -> None:
-        self._clock += 1
-        self.rows[slot] = Entry(entry.tokens, entry.tenant, self._clock)
+        self.rows[slot] = Entry(entry.tokens, entry.tenant, self._clock.tick())
 
     def lookup(self, prompt: list[int], tenant: str) -> tuple[int, int]:
         """(host row, reuse) of the longest parked match for `prompt`, or (-1, 0)."""
@@ -162,5 +168,4 @@ class HostStore:
 
     def restored(self, slot: int) -> None:
         """Host row `slot` served a prompt: the most recently used now."""
-        self._clock += 1
-        self.rows[slot].used = self._clock  # type: ignore[union-attr]
+        self.rows[slot].used = self._clock.tick()  # type: ignore[union-attr]
