@@ -92,7 +92,6 @@ def _base_rootfs_tar(debootstrap: str) -> Path:
     tar = CACHE / "rootfs.tar"
     if tar.exists():
         return tar
-    CACHE.mkdir(parents=True, exist_ok=True)
     rootfs = CACHE / "rootfs.partial"
     shutil.rmtree(rootfs, ignore_errors=True)
     proc = subprocess.run(
