@@ -96,34 +96,35 @@ def main() -> None:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
-    graphs = tempfile.TemporaryDirectory(prefix="kiln-bench-hybrid-")  # ORT holds what it loaded
-    tmp = Path(graphs.name)
     ids = np.random.default_rng(0).integers(3, COMMON["vocab_size"], (1, args.prompt))
-    options, params, agree = {}, {}, {}
-    for arch, layers in ARCHS.items():
-        torch.manual_seed(0)
-        model = HybridLM(HybridConfig(layers=layers, **COMMON)).eval()
-        params[arch] = sum(p.numel() for p in model.parameters())
-        sess = {"prefill": ort.InferenceSession(str(export_hybrid_onnx(model, tmp / f"{arch}.onnx")), opts)}
-        sess["decode"] = ort.InferenceSession(str(export_hybrid_onnx(model, tmp / f"{arch}.d.onnx", decode=True)), opts)
-        if arch == "mamba2":
-            Mamba2Mixer.parallel = False
-            sess["loop"] = ort.InferenceSession(str(export_hybrid_onnx(model, tmp / f"{arch}.loop.onnx")), opts)
-            Mamba2Mixer.parallel = True
-        driver = Prompt(model, args.prompt)
-        scan = "parallel SSD" if arch == "mamba2" else "Loop scan"
-        opt = {
-            f"{arch}: prefill graph ({scan}), one call": (sess["prefill"], args.prompt),
-            f"{arch}: prefill graph ({scan}), 16-token chunks": (sess["prefill"], 16),
-        }
-        if "loop" in sess:
-            opt[f"{arch}: prefill graph (Loop scan), one call"] = (sess["loop"], args.prompt)
-        opt[f"{arch}: decode graph, token by token"] = (sess["decode"], 1)
-        outs = {name: driver.run(g, ids, chunk) for name, (g, chunk) in opt.items()}  # warm-up; they agree
-        first = next(iter(outs.values()))
-        agree.update({name: float(np.abs(out - first).max()) for name, out in outs.items()})
-        options.update({name: (lambda d=driver, g=g, c=c: d.run(g, ids, c)) for name, (g, c) in opt.items()})
-    graphs.cleanup()
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-hybrid-") as graphs:  # ORT holds what it loaded
+        tmp = Path(graphs)
+        options, params, agree = {}, {}, {}
+        for arch, layers in ARCHS.items():
+            torch.manual_seed(0)
+            model = HybridLM(HybridConfig(layers=layers, **COMMON)).eval()
+            params[arch] = sum(p.numel() for p in model.parameters())
+            sess = {"prefill": ort.InferenceSession(str(export_hybrid_onnx(model, tmp / f"{arch}.onnx")), opts)}
+            sess["decode"] = ort.InferenceSession(
+                str(export_hybrid_onnx(model, tmp / f"{arch}.d.onnx", decode=True)), opts
+            )
+            if arch == "mamba2":
+                Mamba2Mixer.parallel = False
+                sess["loop"] = ort.InferenceSession(str(export_hybrid_onnx(model, tmp / f"{arch}.loop.onnx")), opts)
+                Mamba2Mixer.parallel = True
+            driver = Prompt(model, args.prompt)
+            scan = "parallel SSD" if arch == "mamba2" else "Loop scan"
+            opt = {
+                f"{arch}: prefill graph ({scan}), one call": (sess["prefill"], args.prompt),
+                f"{arch}: prefill graph ({scan}), 16-token chunks": (sess["prefill"], 16),
+            }
+            if "loop" in sess:
+                opt[f"{arch}: prefill graph (Loop scan), one call"] = (sess["loop"], args.prompt)
+            opt[f"{arch}: decode graph, token by token"] = (sess["decode"], 1)
+            outs = {name: driver.run(g, ids, chunk) for name, (g, chunk) in opt.items()}  # warm-up; they agree
+            first = next(iter(outs.values()))
+            agree.update({name: float(np.abs(out - first).max()) for name, out in outs.items()})
+            options.update({name: (lambda d=driver, g=g, c=c: d.run(g, ids, c)) for name, (g, c) in opt.items()})
     times: dict[str, list[float]] = {name: [] for name in options}
     order = list(options)
     load = [os.getloadavg()[0]]
