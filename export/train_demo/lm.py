@@ -92,10 +92,11 @@ class Phase:
         return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-# The demo LM's second phase: full-length windows. Trained on 128-token windows only, the model's
-# loss rises past position 128 (2.71 at 128-192, 3.33 at 384-512) and it rarely copies from far
-# back in its prompt; 320 steps at 8 x 512 continue it to lower loss at every position (2.50 /
-# 2.46) and make it copy a function it was shown (docs/benchmarks.md, speculative decoding).
+# The demo LM's second phase: full-length windows. Trained on 128-token windows only, its loss
+# rose past them (2.56 at positions 64-128, 3.21 at 384-512 on 24 held-out windows: `python -m
+# export.train_demo.positions`) and it rarely copied from far back in its prompt; 320 steps at
+# 8 x 512 bring 384-512 to 2.46, lower every position's loss, and make it copy a function it
+# was shown (README, the demo model; docs/benchmarks.md, speculative decoding).
 LONG_PHASE = dict(batch_size=8, seq_len=512, lr=1e-3, seed_offset=11)
 
 
