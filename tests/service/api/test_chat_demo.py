@@ -67,11 +67,16 @@ def test_the_demo_chats_with_n_logprobs_and_a_stream(demo_client: openai.OpenAI)
 def test_the_demo_answers_a_json_schema_with_valid_json(demo_client: openai.OpenAI) -> None:
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 12}, "n": {"type": "integer", "maximum": 10**6}},
+        # Both bounds: with only a maximum, "-" and digits without end are valid JSON for the schema,
+        # and a sampled model can write them until max_tokens (the continued demo LM did).
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "n": {"type": "integer", "minimum": -(10**6), "maximum": 10**6},
+        },
         "required": ["name", "n"],
         "additionalProperties": False,
     }
     answers = schema_answers(demo_client, "demo-lm", MESSAGES, "t", schema, range(3), max_tokens=256, temperature=0.8)
     for value in answers:
         assert set(value) == {"name", "n"} and isinstance(value["n"], int) and 0 <= len(value["name"]) <= 12
-        assert value["n"] <= 10**6
+        assert -(10**6) <= value["n"] <= 10**6
