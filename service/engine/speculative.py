@@ -15,6 +15,7 @@ overhead costs several decode steps; on a bandwidth-bound one about one).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,7 @@ class Acceptance:
     def __init__(self, config: SpecConfig) -> None:
         self.config = config
         self.steps = self.proposed = self.accepted = 0
+        self.declined = 0  # steps SpecCost turned it down for cost
 
     @property
     def worthwhile(self) -> bool:
@@ -90,29 +92,45 @@ class Acceptance:
 
 
 class SpecCost:
-    """What a verify call costs against a plain batch-1 decode step here (moving averages of both,
-    measured by the engine as it runs), and whether a sequence's record pays for it: a verify call
-    yields 1 + (accepted per call) tokens where a decode step yields 1."""
+    """What a verify call costs against a plain batch-1 decode step here, and whether a sequence's
+    record pays for it: a verify call yields 1 + (accepted per call) tokens where a decode step
+    yields 1.
 
-    def __init__(self, smoothing: float = 0.2) -> None:
-        self.smoothing = smoothing
-        self.decode_s: float | None = None
+    Each cost is the median of its latest `window` calls, measured by the engine as it runs. Not a
+    moving average: one call the OS preempted (a busy neighbour, a page fault) takes ten times a
+    normal one, and on a shared 2-core machine an average that took in one such verify call told
+    the sequence then being judged that guessing never pays, for the rest of its life. A sequence
+    that has stopped for cost still guesses once every `reprobe_every` steps, so a verdict reached
+    under load is measured again rather than kept."""
+
+    def __init__(self, window: int = 15, reprobe_every: int = 16) -> None:
+        self.reprobe_every = reprobe_every
+        self._decode: deque[float] = deque(maxlen=window)
+        self._verify: deque[float] = deque(maxlen=window)
+        self.decode_s: float | None = None  # the medians, kept current by saw_*
         self.verify_s: float | None = None
 
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.smoothing * (new - old)
-
     def saw_decode(self, seconds: float) -> None:
-        self.decode_s = self._mix(self.decode_s, seconds)
+        self._decode.append(seconds)
+        self.decode_s = _median(self._decode)
 
     def saw_verify(self, seconds: float) -> None:
-        self.verify_s = self._mix(self.verify_s, seconds)
+        self._verify.append(seconds)
+        self.verify_s = _median(self._verify)
 
     def pays(self, record: Acceptance) -> bool:
-        """True while the record is still being judged or either cost is unknown."""
+        """True while the record is still being judged, while either cost is unknown, and on every
+        `reprobe_every`-th step the record has been turned down (counted in `record.declined`)."""
         if record.steps < record.config.probe_steps or self.decode_s is None or self.verify_s is None:
             return True
-        return (1 + record.accepted / record.steps) * self.decode_s >= self.verify_s
+        if (1 + record.accepted / record.steps) * self.decode_s >= self.verify_s:
+            return True
+        record.declined += 1
+        return record.declined % self.reprobe_every == 0
+
+
+def _median(samples: deque[float]) -> float:
+    return sorted(samples)[len(samples) // 2]
 
 
 def accepted_prefix(logits: np.ndarray, draft: list[int]) -> int:

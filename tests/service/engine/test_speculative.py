@@ -69,11 +69,17 @@ def test_a_sequence_that_keeps_missing_gives_up() -> None:
     assert not record.worthwhile
 
 
+def costs(decode_s: float, verify_s: float, calls: int = 5) -> SpecCost:
+    cost = SpecCost()
+    for _ in range(calls):
+        cost.saw_decode(decode_s)
+        cost.saw_verify(verify_s)
+    return cost
+
+
 def test_guesses_must_pay_for_their_verify_calls() -> None:
     record = Acceptance(SpecConfig(probe_steps=2))
-    cost = SpecCost(smoothing=1.0)  # the latest measurement only
-    cost.saw_decode(0.001)
-    cost.saw_verify(0.003)  # a verify call costs three decode steps
+    cost = costs(0.001, 0.003)  # a verify call costs three decode steps
     record.record(4, 1)
     assert cost.pays(record)  # still being judged
     record.record(4, 2)  # 1.5 accepted per call: 2.5 tokens per call, less than the 3 it costs
@@ -82,6 +88,26 @@ def test_guesses_must_pay_for_their_verify_calls() -> None:
     record.record(4, 4)  # 2.75 accepted per call: 3.75 tokens for the price of 3
     assert cost.pays(record)
     assert SpecCost().pays(record)  # nothing measured yet: no reason to stop
+
+
+def test_one_preempted_call_does_not_change_the_verdict() -> None:
+    """A verify call the OS descheduled for 50 ms, among calls of 1.5 ms: a moving average took it
+    in as a 10 ms verify call, and a sequence accepting 1.5 guesses per call stopped guessing."""
+    record = Acceptance(SpecConfig(probe_steps=1))
+    record.record(4, 2)  # 3 tokens per call
+    cost = costs(0.001, 0.0015)
+    cost.saw_verify(0.05)
+    assert cost.pays(record) and cost.verify_s == 0.0015
+    cost.saw_decode(0.02)  # and a preempted decode step does not make guessing look cheaper
+    assert cost.decode_s == 0.001
+
+
+def test_a_sequence_stopped_for_cost_measures_again_now_and_then() -> None:
+    record = Acceptance(SpecConfig(probe_steps=1))
+    record.record(4, 0)  # 1 token per call
+    cost = costs(0.001, 0.004)
+    verdicts = [cost.pays(record) for _ in range(3 * cost.reprobe_every)]
+    assert verdicts.count(True) == 3 and verdicts[cost.reprobe_every - 1]
 
 
 class Counting(EngineObserver):
@@ -190,7 +216,36 @@ def test_right_guesses_that_cost_more_than_they_save_stop(tiny_lm_repo, plain) -
     try:
         got, _ = run(engine, GROUNDED, 60)
         assert got == run(plain, GROUNDED, 60)[0]
-        assert observer.steps == 3 and observer.accepted > 0  # right guesses, and still it stopped
+        # Right guesses, and still it stopped after the probe: only the re-measuring guesses follow.
+        assert observer.accepted > 0 and observer.steps <= 3 + 60 // engine.spec_cost.reprobe_every
         assert engine.spec_cost.verify_s > 10 * engine.spec_cost.decode_s
+    finally:
+        engine.stop()
+
+
+def test_one_slow_verify_call_does_not_stop_guesses_that_pay(tiny_lm_repo, plain) -> None:  # type: ignore[no-untyped-def]
+    """Calls padded to 4 ms (decode) and 5 ms (verify), so right guesses pay whatever the machine;
+    the second verify call takes 300 ms, as one the OS preempted might. The moving average this
+    replaced read that as 50 ms per call and stopped the sequence after its probe."""
+    observer = Counting()
+    engine = engine_for(tiny_lm_repo, SpecConfig(probe_steps=3), observer)
+    decode, verify = engine.runner.decode, engine.runner.verify
+    verify_calls = []
+
+    def padded_decode(last):  # type: ignore[no-untyped-def]
+        time.sleep(0.004)
+        return decode(last)
+
+    def padded_verify(row, token_ids):  # type: ignore[no-untyped-def]
+        verify_calls.append(row)
+        time.sleep(0.3 if len(verify_calls) == 2 else 0.005)
+        return verify(row, token_ids)
+
+    engine.runner.decode, engine.runner.verify = padded_decode, padded_verify
+    engine.start()
+    try:
+        got, _ = run(engine, GROUNDED, 60)
+        assert got == run(plain, GROUNDED, 60)[0]
+        assert observer.steps > 3 + 60 // engine.spec_cost.reprobe_every  # more than a stopped sequence's
     finally:
         engine.stop()
