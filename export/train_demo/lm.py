@@ -163,11 +163,13 @@ def train_demo_lm(
     log: list[dict] = []
     started = time.perf_counter()
     model.train()
-    done, planned = 0, sum(p.steps for p in phases)
+    done, tokens_seen, planned = 0, 0, sum(p.steps for p in phases)
     budget = planned if stop_after is None else min(stop_after, planned)
     stopped_early = False
     progress = bar(budget, "train demo LM")
     for index, phase in enumerate(phases):
+        if done >= budget or stopped_early:
+            break
         rng = np.random.default_rng(seed + phase.seed_offset)
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=phase.lr, betas=(0.9, 0.95))
         for step in range(phase.steps):
@@ -187,6 +189,7 @@ def train_demo_lm(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             done += 1
+            tokens_seen += phase.batch_size * phase.seq_len
             if step % eval_every == 0 or step == phase.steps - 1:
                 entry = {
                     "phase": index,
@@ -198,8 +201,6 @@ def train_demo_lm(
                 }
                 log.append(entry)
                 note(json.dumps({k: v for k, v in entry.items() if k != "weights_sha256"}))
-        if stopped_early:
-            break
 
     progress.close()
     model.eval()
@@ -213,7 +214,7 @@ def train_demo_lm(
         "stopped_early": stopped_early,
         "phases": [asdict(p) for p in phases],
         "parameters": params,
-        "tokens_seen": _tokens_seen(phases, done),
+        "tokens_seen": tokens_seen,
         "final_val_loss": final_val,
         "final_val_perplexity": math.exp(final_val),
         "train_seconds": round(time.perf_counter() - started, 1),
@@ -231,13 +232,9 @@ def train_demo_lm(
     return summary
 
 
-def _tokens_seen(phases: list[Phase], done: int) -> int:
-    total = 0
-    for phase in phases:
-        run = min(done, phase.steps)
-        total += run * phase.batch_size * phase.seq_len
-        done -= run
-    return total
+def reproducible(log: list[dict]) -> list[dict]:
+    """A training log without its wall-clock field: what a retrain with the same seed must repeat."""
+    return [{k: v for k, v in entry.items() if k != "elapsed_s"} for entry in log]
 
 
 def greedy_sample(model: LlamaLM | HybridLM, tokenizer, prompt: str, n: int) -> str:  # type: ignore[no-untyped-def]

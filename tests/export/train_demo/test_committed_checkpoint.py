@@ -16,16 +16,12 @@ from pathlib import Path
 import pytest
 
 from export.train_demo.corpus import load_corpus
-from export.train_demo.lm import train_demo_lm
+from export.train_demo.lm import reproducible, train_demo_lm
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # ~6 quiet minutes (~16 for the full retrain)
 
 COMMITTED = Path(__file__).resolve().parents[3] / "checkpoints" / "demo-lm"
 CHECKED_LONG_STEPS = 41  # the long phase's log entries at steps 0 and 40
-
-
-def _comparable(entries: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "elapsed_s"} for e in entries]
 
 
 def test_retraining_reproduces_the_committed_demo_lm(tmp_path: Path) -> None:
@@ -44,8 +40,8 @@ def test_retraining_reproduces_the_committed_demo_lm(tmp_path: Path) -> None:
     for name in ("config.json", "tokenizer.json"):
         assert (out / name).read_bytes() == (COMMITTED / name).read_bytes(), f"{name} differs from the committed one"
     assert summary["phases"] == log["phases"]
-    retrained = _comparable(summary["log"])
-    assert retrained == _comparable(log["log"])[: len(retrained)], "a logged step's weights or losses differ"
+    retrained = reproducible(summary["log"])
+    assert retrained == reproducible(log["log"])[: len(retrained)], "a logged step's weights or losses differ"
     if full:
         assert (out / "model.safetensors").read_bytes() == (COMMITTED / "model.safetensors").read_bytes()
         assert summary["final_val_loss"] == log["final_val_loss"]
