@@ -107,30 +107,35 @@ class SpecCost:
         self.reprobe_every = reprobe_every
         self._decode: deque[float] = deque(maxlen=window)
         self._verify: deque[float] = deque(maxlen=window)
-        self.decode_s: float | None = None  # the medians, kept current by saw_*
-        self.verify_s: float | None = None
+
+    @property
+    def decode_s(self) -> float | None:
+        return _median(self._decode)
+
+    @property
+    def verify_s(self) -> float | None:
+        return _median(self._verify)
 
     def saw_decode(self, seconds: float) -> None:
         self._decode.append(seconds)
-        self.decode_s = _median(self._decode)
 
     def saw_verify(self, seconds: float) -> None:
         self._verify.append(seconds)
-        self.verify_s = _median(self._verify)
 
     def pays(self, record: Acceptance) -> bool:
         """True while the record is still being judged, while either cost is unknown, and on every
         `reprobe_every`-th step the record has been turned down (counted in `record.declined`)."""
-        if record.steps < record.config.probe_steps or self.decode_s is None or self.verify_s is None:
+        decode_s, verify_s = self.decode_s, self.verify_s
+        if record.steps < record.config.probe_steps or decode_s is None or verify_s is None:
             return True
-        if (1 + record.accepted / record.steps) * self.decode_s >= self.verify_s:
+        if (1 + record.accepted / record.steps) * decode_s >= verify_s:
             return True
         record.declined += 1
         return record.declined % self.reprobe_every == 0
 
 
-def _median(samples: deque[float]) -> float:
-    return sorted(samples)[len(samples) // 2]
+def _median(samples: deque[float]) -> float | None:
+    return sorted(samples)[len(samples) // 2] if samples else None
 
 
 def accepted_prefix(logits: np.ndarray, draft: list[int]) -> int:
