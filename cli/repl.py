@@ -7,9 +7,12 @@ readline history file (`KILN_HISTORY`, default ~/.kiln_history).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -54,6 +57,25 @@ def setup_history() -> Callable[[], None]:
             pass
 
     return save
+
+
+@contextlib.contextmanager
+def ctrl_c_interrupts() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt for the session, whatever SIGINT's inherited disposition.
+
+    A process started as a background job of a non-interactive shell (`make test &`, a CI
+    runner's script, `nohup sh -c '... &'`) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: Ctrl-C on the REPL's terminal would do nothing at all, and an
+    answer could not be stopped. The REPL's contract is that Ctrl-C stops an answer, so it holds
+    Python's own handler while it runs and puts the inherited one back after."""
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
+        yield
+        return
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def stream(generation: Generation, out: TextIO) -> str:
@@ -134,15 +156,16 @@ class Repl:
     def run(self, out: TextIO = sys.stdout) -> None:
         save = setup_history()
         print("Type /help for commands; Ctrl-C stops an answer, Ctrl-D leaves.", file=out)
-        try:
-            while True:
-                try:
-                    if not self.step(out):
-                        return
-                except KeyboardInterrupt:  # between an answer's status line and the next prompt
-                    print(file=out)  # as at the prompt: the session goes on
-        finally:
-            save()
+        with ctrl_c_interrupts():
+            try:
+                while True:
+                    try:
+                        if not self.step(out):
+                            return
+                    except KeyboardInterrupt:  # between an answer's status line and the next prompt
+                        print(file=out)  # as at the prompt: the session goes on
+            finally:
+                save()
 
     def step(self, out: TextIO) -> bool:
         """Read one line and act on it; False when the session ends."""

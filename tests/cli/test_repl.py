@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,13 @@ pytestmark = pytest.mark.slow
 STATUS = r"\[[^\n]*finish: (\w+)\]"
 
 
+def inherit_ignored_sigint() -> None:
+    """Start the REPL as a background job of a non-interactive shell would (`make test &`):
+    with SIGINT ignored. Ctrl-C must work anyway, so every REPL here starts that way, whatever
+    disposition the test runner itself was started with."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def repl(repo: Path, tmp_path: Path, *args: str, **env: str) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable,
@@ -21,6 +29,7 @@ def repl(repo: Path, tmp_path: Path, *args: str, **env: str) -> pexpect.spawn:
         env={**os.environ, "KILN_HISTORY": str(tmp_path / "history"), **env},
         encoding="utf-8",
         timeout=60,
+        preexec_fn=inherit_ignored_sigint,
     )
     child.expect(">>> ")
     return child
@@ -51,7 +60,8 @@ def test_prompts_stream_flags_change_and_reset_restores_them(tiny_lm_vision_repo
 
 
 def test_ctrl_c_stops_a_generation_and_the_session_goes_on(tiny_lm_vision_repo: Path, tmp_path: Path) -> None:
-    # 80 ms per engine step: 200 tokens would take 16 s. One slot (in-process max_batch 1): the
+    # 80 ms per engine step; n-gram speculation may take a few tokens a step, so 200 tokens
+    # still take seconds. One slot (in-process max_batch 1): the
     # next prompt only runs if the stopped one freed it.
     child = repl(tiny_lm_vision_repo, tmp_path, "--max-tokens", "200", KILN_FAULT_STEP_DELAY_MS="80", KILN_DEBUG="")
     child.sendline("import os")
