@@ -100,9 +100,18 @@ def test_concurrent_requests_are_batched_by_triton(gateway, inprocess, triton) -
     for t in threads:
         t.join(120)
     assert len(results) == 32 and all("results" in r for r in results.values()), results
-    executions = triton_metric(triton, "nv_inference_exec_count") - before["nv_inference_exec_count"]
-    inferences = triton_metric(triton, "nv_inference_count") - before["nv_inference_count"]
-    requests = triton_metric(triton, "nv_inference_request_success") - requests_before
+    # A Triton backend sends an execution's responses first and reports its requests' statistics
+    # after: right after the last answers the counters can still lack the last execution's
+    # requests (seen once in a loaded full run: 25 of 32). So they are read until they settle
+    # (10 s at most), then must be exact.
+    deadline = time.monotonic() + 10
+    while True:
+        executions = triton_metric(triton, "nv_inference_exec_count") - before["nv_inference_exec_count"]
+        inferences = triton_metric(triton, "nv_inference_count") - before["nv_inference_count"]
+        requests = triton_metric(triton, "nv_inference_request_success") - requests_before
+        if (requests, inferences) == (32, 32 * 5) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert requests == 32 and inferences == 32 * 5  # one infer per /classify request, 5 crops each
     print(f"triton: {requests:.0f} requests, {inferences:.0f} inferences, {executions:.0f} executions")
     # Triton's dynamic batcher merged concurrent requests: fewer executions than requests.
