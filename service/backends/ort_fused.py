@@ -9,14 +9,13 @@ new tokens go and how far to attend. The graph returns logits of the last positi
 The kernel reads each row only up to its own length, so a longer buffer costs nothing: the
 state is bound at its full capacity and never re-laid out. The decode binding for a given
 batch size is made once, its inputs bound to preallocated arrays that each step overwrites in
-place (ONNX Runtime reads CPU inputs from the array's memory), and its logits written into a
-preallocated array as well: asking the binding for its outputs wraps every bound output, the
-whole state included, in a fresh OrtValue each step (about 0.09 ms of a 4.5 ms 110M int4
-step). The decode logits are therefore valid until the next decode call; the engine reads
-them within the step. Verify calls (speculative
-decoding: a few tokens at once, every position's logits) get the same treatment per row and
-length: rebinding every state tensor per call cost about a quarter of a small model's decode
-step, which a guess then had to win back.
+place (ONNX Runtime reads CPU inputs from the array's memory) and its logits bound to an array
+of their own: asking the binding for its outputs instead wraps every bound output, the whole
+state included, in a fresh OrtValue each step (about 0.09 ms of a 4.5 ms 110M int4 step). So
+the logits a step returns are valid until the next call; the engine reads them within the
+step. Verify calls (speculative decoding: a few tokens at once, every position's logits) get
+the same treatment per row and length: rebinding every state tensor per call cost about a
+quarter of a small model's decode step, which a guess then had to win back.
 """
 
 from __future__ import annotations
@@ -30,7 +29,8 @@ import onnxruntime as ort
 from contracts.manifest import GraphFile, TextManifest, past_name, present_name
 from service.backends.ort_runner import OrtRunner
 
-Binding = tuple[ort.IOBinding, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # + ids, seqlens, total, logits
+# binding, ids, seqlens, total, logits
+Binding = tuple[ort.IOBinding, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 VERIFY_BINDINGS = 64  # (row, length) pairs kept; the engine verifies row 0 with k + 1 tokens
 
 
