@@ -39,10 +39,11 @@ class FusedRunner(OrtRunner):
         super().__init__(manifest, graph, *args, **kwargs)
         self._prefill_binding = self.session.io_binding()
         self._from_start = np.zeros(1, np.int64)  # logits_from = 0: every position of a verify call
-        self.can_verify = "logits_all" in {o.name for o in self.session.get_outputs()}
+        output_dims = {o.name: o.shape for o in self.session.get_outputs()}
+        self.can_verify = "logits_all" in output_dims
+        width = output_dims["logits"][-1]
+        self.vocab = width if isinstance(width, int) else manifest.vocab_size
         self._decode_bindings: dict[int, Binding] = {}
-        logits_dims = next(o.shape for o in self.session.get_outputs() if o.name == "logits")
-        self.vocab = logits_dims[-1] if isinstance(logits_dims[-1], int) else manifest.vocab_size
         self._verify_bindings: dict[tuple[int, int], Binding] = {}
 
     def _bind(

@@ -61,8 +61,8 @@ def test_prompts_stream_flags_change_and_reset_restores_them(tiny_lm_vision_repo
 
 def test_ctrl_c_stops_a_generation_and_the_session_goes_on(tiny_lm_vision_repo: Path, tmp_path: Path) -> None:
     # 80 ms per engine step; n-gram speculation may take a few tokens a step, so 200 tokens
-    # still take seconds. One slot (in-process max_batch 1): the
-    # next prompt only runs if the stopped one freed it.
+    # still take seconds. One slot (in-process max_batch 1): the next prompt only runs if the
+    # stopped one freed it.
     child = repl(tiny_lm_vision_repo, tmp_path, "--max-tokens", "200", KILN_FAULT_STEP_DELAY_MS="80", KILN_DEBUG="")
     child.sendline("import os")
     child.expect("import os\r\n")  # the echo of the typed line
