@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ class Phase:
 # export.train_demo.positions`) and it rarely copied from far back in its prompt; 320 steps at
 # 8 x 512 bring 384-512 to 2.46, lower every position's loss, and make it copy a function it
 # was shown (README, the demo model; docs/benchmarks.md, speculative decoding).
-LONG_PHASE = dict(batch_size=8, seq_len=512, lr=1e-3, seed_offset=11)
+LONG_PHASE: dict[str, Any] = dict(batch_size=8, seq_len=512, lr=1e-3, seed_offset=11)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
