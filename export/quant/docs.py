@@ -171,18 +171,27 @@ def _study(study: dict) -> list[str]:
     for label, row in rows.items():
         if label == "fp32":
             continue
+        what = row["description"]
+        if row.get("collapsed"):
+            what += (
+                f" — **failed in this run**: {', '.join(f'`{n}`' for n in row['collapsed'])} came out as one "
+                "repeated code, so it scores every token alike"
+            )
         lines.append(
-            f"| {label} | {row['description']} | {_mb(row['size_bytes'])} | {row['perplexity']:.4f} "
+            f"| {label} | {what} | {_mb(row['size_bytes'])} | {row['perplexity']:.4f} "
             f"| {row['increase_pct']:+.3f}% | {row['mean_kl']:.2e} | {row['top1_agreement']:.2%} |"
         )
     lines.append(f"| fp32 | the fp32 fused graph | {_mb(ref['size_bytes'])} | {ref['perplexity']:.4f} | — | 0 | 100% |")
-    best_ort = min((r for k, r in rows.items() if k.startswith("ort-")), key=lambda r: r["mean_kl"], default=None)
+    working = {k: r for k, r in rows.items() if k.startswith("ort-") and not r.get("collapsed")}
+    best = min(working, key=lambda k: working[k]["mean_kl"], default=None)
     default = rows.get("kiln-gptq")
-    if best_ort and default and default["mean_kl"] > 0:
+    if best and default and default["mean_kl"] > 0:
+        ratio = working[best]["mean_kl"] / default["mean_kl"]
+        than = f"{ratio:.2f}× lower than" if ratio >= 1 else f"{1 / ratio:.2f}× that of"
         lines += [
             "",
-            f"The default's mean KL is {best_ort['mean_kl'] / default['mean_kl']:.1f}× lower than the best of "
-            f"ONNX Runtime's quantizer runs, at {default['size_bytes'] / best_ort['size_bytes']:.0%} of its size.",
+            f"The default's mean KL is {than} the best of ONNX Runtime's quantizer runs that worked ({best}), "
+            f"at {default['size_bytes'] / working[best]['size_bytes']:.0%} of its size.",
         ]
     return lines
 

@@ -32,9 +32,9 @@ from export.variants import token_windows
 
 # label → (what differs from the default int4, QuantConfig overrides, algorithm)
 KILN_CANDIDATES: dict[str, tuple[str, dict, str]] = {
-    "kiln-gptq": ("the default int4: GPTQ, head 8-bit, asymmetric, block 32, int8 compute", {}, "gptq"),
+    "kiln-gptq": ("the default int4: GPTQ, head 4-bit, asymmetric, block 32, int8 compute", {}, "gptq"),
     "kiln-rtn": ("round-to-nearest instead of GPTQ", {}, "rtn"),
-    "kiln-gptq-head4": ("LM head and embedding at 4 bits", {"head_bits": 4}, "gptq"),
+    "kiln-gptq-head8": ("LM head and embedding at 8 bits", {"head_bits": 8}, "gptq"),
     "kiln-gptq-sym": ("symmetric codes (no zero points)", {"symmetric": True}, "gptq"),
     "kiln-gptq-b64": ("block size 64", {"block_size": 64}, "gptq"),
     "kiln-gptq-b16": ("block size 16", {"block_size": 16}, "gptq"),
@@ -85,6 +85,24 @@ def _ort_quantize(src: Path, dst: Path, label: str, cfg: QuantConfig, calib_feed
     onnx.save_model(quantizer.model.model, str(dst))
 
 
+def collapsed_weights(onnx_file: Path) -> list[str]:
+    """MatMulNBits weights whose every packed byte is the same: a weight quantized to one value
+    (scored as a constant). ONNX Runtime's GPTQ returned the demo LM's head so on one machine
+    while the same run elsewhere did not, so the study says so rather than rank a broken graph."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_file))
+    packed = {t.name: t for t in model.graph.initializer}
+    names = [
+        node.input[1]
+        for node in model.graph.node
+        if node.op_type == "MatMulNBits"
+        and node.input[1] in packed
+        and np.unique(numpy_helper.to_array(packed[node.input[1]])).size == 1
+    ]
+    return list(dict.fromkeys(names))  # one weight may feed several nodes (the head: logits, logits_all)
+
+
 def _prefill_feeds(windows: list[list[int]], num_layers: int, kv_heads: int, head_dim: int) -> list[dict]:
     """The fused graph's inputs for a whole window with an empty cache (what ONNX Runtime's GPTQ runs)."""
     empty = np.zeros((1, kv_heads, 0, head_dim), np.float32)
@@ -131,7 +149,7 @@ def run_study(entry: Path, checkpoint: Path, ppl_tokens: int = 8192) -> dict:
             dst = Path(tmp) / f"{label}.onnx"
             _ort_quantize(fused, dst, label, base, feeds)
             paths[label] = dst
-            study["candidates"][label] = {"description": what}
+            study["candidates"][label] = {"description": what, "collapsed": collapsed_weights(dst)}
         measured = fused_quality(paths, windows, mcfg.num_layers, mcfg.num_kv_heads, mcfg.head_dim, "fp32")
         for label, path in paths.items():
             row = study["candidates"].setdefault(label, {"description": "the fp32 fused graph"})
