@@ -1,10 +1,10 @@
 """The quantized cases of the generation benchmark (issue 14), kept beside `bench_generate.py`.
 
   kiln-int8        Kiln's engine on the `int8` fused graph (MatMulNBits 8-bit, docs/quantization.md)
-  kiln-int4        Kiln's engine on the `int4` fused graph (GPTQ 4-bit projections, 8-bit head)
-  kiln-int4-head4  the same with the LM head and embedding at 4 bits too (`--int4-head-bits 4`):
-                   the bytes per step onnxruntime-genai's int4 reads, at the quality cost
-                   docs/quantization.md measures; the speed side of that trade from this run
+  kiln-int4        Kiln's engine on the `int4` fused graph (GPTQ 4-bit projections, 4-bit head):
+                   the bytes per step onnxruntime-genai's int4 reads
+  kiln-int4-head8  the same with the LM head and embedding at 8 bits (`--int4-head-bits 8`): the
+                   quality docs/quantization.md measures for it, at the speed this run measures
   ort-genai-int4   onnxruntime-genai on its model builder's `-p int4 -e cpu` graph, same block size
   kiln-http-int4   `kiln serve` on the int4 graph (its worker is in bench_http.py)
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("kiln-int8", "kiln-int4", "kiln-int4-head4", "ort-genai-int4", "kiln-http-int4")
+BACKENDS = ("kiln-int8", "kiln-int4", "kiln-int4-head8", "ort-genai-int4", "kiln-http-int4")
 KILN_VARIANTS = {"kiln-int8": "int8", "kiln-int4": "int4", "kiln-http-int4": "int4"}
-HEAD4 = "kiln-int4-head4"
+HEAD8 = "kiln-int4-head8"
 
 
 def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: Callable[[str], None]) -> dict:
@@ -50,11 +50,11 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
         per_variant = {v: step_weight_bytes(entry / files[v]) for v in dict.fromkeys(KILN_VARIANTS.values())}
         for backend, variant in KILN_VARIANTS.items():
             extra["step_bytes"][backend] = per_variant[variant]
-    if HEAD4 in wanted:
-        head4 = QuantConfig(head_bits=4)
-        entry, files = _quant_export(hf, base / "kiln_head4_repo", f"bench-{name.lower()}", head4, log)
-        extra["kiln_head4_model"] = str(entry)
-        extra["step_bytes"][HEAD4] = step_weight_bytes(entry / files["int4"])
+    if HEAD8 in wanted:
+        head8 = QuantConfig(head_bits=8)
+        entry, files = _quant_export(hf, base / "kiln_head8_repo", f"bench-{name.lower()}", head8, log)
+        extra["kiln_head8_model"] = str(entry)
+        extra["step_bytes"][HEAD8] = step_weight_bytes(entry / files["int4"])
     if "ort-genai-int4" in wanted:
         og_dir = base / "ort-genai-int4"
         if not (og_dir / "genai_config.json").exists():
@@ -142,6 +142,6 @@ def workers(worker_kiln: Callable[..., dict], worker_ort_genai: Callable[..., di
     return {
         "kiln-int8": kiln("int8"),
         "kiln-int4": kiln("int4"),
-        HEAD4: kiln("int4", key="kiln_head4_model"),
+        HEAD8: kiln("int4", key="kiln_head8_model"),
         "ort-genai-int4": ort_genai_int4,
     }

@@ -45,7 +45,7 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     expected = {("transformers", "1"), ("transformers", "2"), ("kiln", "1"), ("kiln", "2")}
     expected |= {("kiln-http", "1"), ("kiln-http", "2")}
     expected |= {
-        (case, n) for case in ("kiln-int8", "kiln-int4", "kiln-int4-head4", "kiln-http-int4") for n in ("1", "2")
+        (case, n) for case in ("kiln-int8", "kiln-int4", "kiln-int4-head8", "kiln-http-int4") for n in ("1", "2")
     }
     if importlib.util.find_spec("onnxruntime_genai") is not None:
         expected |= {(case, n) for case in ("ort-genai", "ort-genai-int4") for n in ("1", "2")}

@@ -42,7 +42,7 @@ def fake_export(entry: Path, int4_columns: int, head_bits: int) -> None:
 
 def test_step_bytes_per_backend_reading_each_variant_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = tmp_path / "m" / "kiln_quant_repo" / "bench-m"
-    fake_export(entry, 5, head_bits=8)
+    fake_export(entry, 5, head_bits=QuantConfig().head_bits)
     read: list[str] = []
     real = bench_quant.step_weight_bytes
     monkeypatch.setattr(bench_quant, "step_weight_bytes", lambda f: read.append(f.name) or real(f))
@@ -53,10 +53,10 @@ def test_step_bytes_per_backend_reading_each_variant_once(tmp_path: Path, monkey
     assert sorted(read) == ["int4.onnx", "int8.onnx"]  # kiln-int4 and kiln-http-int4 share one read
 
 
-def test_the_4_bit_head_case_has_its_own_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_export(tmp_path / "m" / "kiln_quant_repo" / "bench-m", 5, head_bits=8)
-    head4 = tmp_path / "m" / "kiln_head4_repo" / "bench-m"
-    fake_export(head4, 2, head_bits=8)  # made with other settings: must be exported again
+def test_the_8_bit_head_case_has_its_own_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_export(tmp_path / "m" / "kiln_quant_repo" / "bench-m", 5, head_bits=4)
+    head8 = tmp_path / "m" / "kiln_head8_repo" / "bench-m"
+    fake_export(head8, 2, head_bits=4)  # made with other settings: must be exported again
     made: list[tuple[Path, int]] = []
 
     def export_checkpoint(hf, repo, name, quant, **kw):  # type: ignore[no-untyped-def]
@@ -64,10 +64,10 @@ def test_the_4_bit_head_case_has_its_own_export(tmp_path: Path, monkeypatch: pyt
         fake_export(repo / name, 4, quant.head_bits)
 
     monkeypatch.setattr("export.pipeline.export_checkpoint", export_checkpoint)
-    backends = ["kiln-int4", bench_quant.HEAD4]
+    backends = ["kiln-int4", bench_quant.HEAD8]
     extra = bench_quant.prepare({"name": "m", "hf": "unused"}, tmp_path, 1, backends, print)
-    assert made == [(head4.parent, 4)]  # the 8-bit-head export was kept, the stale one redone
-    assert extra["kiln_head4_model"] == str(head4)
-    assert (extra["step_bytes"]["kiln-int4"], extra["step_bytes"][bench_quant.HEAD4]) == (80, 64)
+    assert made == [(head8.parent, 8)]  # the default (4-bit head) export was kept, the stale one redone
+    assert extra["kiln_head8_model"] == str(head8)
+    assert (extra["step_bytes"]["kiln-int4"], extra["step_bytes"][bench_quant.HEAD8]) == (80, 64)
     again = bench_quant.prepare({"name": "m", "hf": "unused"}, tmp_path, 1, backends, print)
-    assert made == [(head4.parent, 4)] and again == extra  # kept between runs once made
+    assert made == [(head8.parent, 8)] and again == extra  # kept between runs once made

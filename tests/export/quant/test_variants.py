@@ -35,7 +35,7 @@ def test_int8_and_int4_are_fused_graphs_on_matmulnbits(tiny_quant_lm_repo) -> No
         "int4": "gqa",
     }
     made = report["quantization"]["variants"]
-    assert (made["int4"]["algorithm"], made["int4"]["bits"], made["int4"]["head_bits"]) == ("gptq", 4, 8)
+    assert (made["int4"]["algorithm"], made["int4"]["bits"], made["int4"]["head_bits"]) == ("gptq", 4, 4)
     assert (made["int8"]["algorithm"], made["int8"]["bits"], made["int8"]["head_bits"]) == ("rtn", 8, 8)
     layers = len(manifest["state"])
     for variant in ("int8", "int4"):
