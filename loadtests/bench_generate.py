@@ -372,23 +372,40 @@ def worker_kiln(model: dict, prompts: list[dict], batches: list[int], new: int, 
 
 def worker_profile(model: dict, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:
     """Where a Kiln decode step spends its time (ONNX Runtime's profiler), and graph sizes of both ONNX peers."""
-    from collections import Counter, defaultdict
+    from collections import Counter
 
     import onnx
 
     from contracts.manifest import TextManifest
-    from service.backends.onnxruntime_lm import make_runner
     from service.settings import Settings
 
     manifest = TextManifest.read(Path(model["kiln_model"]))
     variant = Settings().lm_variant
-    kiln_graph = manifest.graph(variant).path
+    graphs = {"kiln": manifest.graph(variant).path, "ort-genai": Path(model["ort_genai"]) / "model.onnx"}
+    if model.get("kiln_quant_model"):
+        graphs["kiln int4"] = TextManifest.read(Path(model["kiln_quant_model"])).graph("int4").path
+    if model.get("ort_genai_int4"):
+        graphs["ort-genai int4"] = Path(model["ort_genai_int4"]) / "model.onnx"
     out: dict = {"graphs": {}, "steps": {}}
-    for label, path in (("kiln", kiln_graph), ("ort-genai", Path(model["ort_genai"]) / "model.onnx")):
+    for label, path in graphs.items():
         if path.exists():
             graph = onnx.load(str(path), load_external_data=False).graph
             ops = Counter(n.op_type for n in graph.node if n.op_type != "Constant")
             out["graphs"][label] = {"nodes": sum(ops.values()), "top": ops.most_common(6)}
+    out["steps"] = _profile_steps(manifest, variant, prompts, batches, new, threads)
+    if model.get("kiln_quant_model"):  # the int4 step too: where its time goes beside fp32's
+        quant = TextManifest.read(Path(model["kiln_quant_model"]))
+        out["steps_int4"] = _profile_steps(quant, "int4", prompts, batches, new, threads)
+    return out
+
+
+def _profile_steps(manifest, variant: str, prompts: list[dict], batches: list[int], new: int, threads: int) -> dict:  # type: ignore[no-untyped-def]
+    """Per batch size: the median `run` time of a decode step and its kernel time by operator."""
+    from collections import defaultdict
+
+    from service.backends.onnxruntime_lm import make_runner
+
+    steps_out: dict = {}
     for batch in batches:
         prefix = str(Path(tempfile.gettempdir()) / f"kiln-bench-profile-{os.getpid()}")
         runner = make_runner(manifest, variant, max(batches), 512, threads, profile_prefix=prefix)
@@ -409,13 +426,13 @@ def worker_profile(model: dict, prompts: list[dict], batches: list[int], new: in
                 per_op[e["args"]["op_name"]] += e["dur"]
                 kernels += e["dur"]
         total = sum(per_op.values())
-        out["steps"][batch] = {
+        steps_out[batch] = {
             "step_ms": float(np.median(runs)) / 1000,
             "nodes_per_step": sum(1 for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
             / (steps + batch),
             "op_share": sorted(((k, v / total) for k, v in per_op.items()), key=lambda kv: -kv[1])[:6],
         }
-    return out
+    return steps_out
 
 
 WORKERS = {
@@ -646,16 +663,18 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
             for label, g in prof["graphs"].items():
                 top = ", ".join(f"{op} {n}" for op, n in g["top"])
                 lines.append(f"- {label} graph: {g['nodes']} nodes (excluding constants); most frequent: {top}")
-            for batch, st in prof["steps"].items():
-                share = ", ".join(f"{op} {v:.0%}" for op, v in st["op_share"])
-                lines.append(
-                    f"- Kiln decode step, batch {batch}: {st['step_ms']:.2f} ms median in `run`, "
-                    f"{st['nodes_per_step']:.0f} kernels per step; kernel time by op: {share}"
-                )
+            for key, what in (("steps", "Kiln decode step"), ("steps_int4", "Kiln int4 decode step")):
+                for batch, st in prof.get(key, {}).items():
+                    share = ", ".join(f"{op} {v:.0%}" for op, v in st["op_share"])
+                    lines.append(
+                        f"- {what}, batch {batch}: {st['step_ms']:.2f} ms median in `run`, "
+                        f"{st['nodes_per_step']:.0f} kernels per step; kernel time by op: {share}"
+                    )
             lines.append("")
         if prof and prof.get("http"):
             k1 = _get(res, "kiln", 1)
             lines += render_pyspy(prof["http"], k1["tpot_p50"] if k1 else None)
+            lines += http_budget(res, prof["http"])
     missed = [
         (name, label, value, target)
         for name in models
@@ -701,9 +720,48 @@ MatMul split over both cores waits for whichever thread the event loop preempted
 which the streams' SSE events are written run longer. That is the difference between the HTTP
 TPOT p99 and the in-process one (the "engine alone" row); events reach the loop with one wake-up
 per step (`LoopOutbox`), not one per stream. On a machine with cores to spare for the event
-loop, `KILN_INTRA_OP_THREADS` below the core count removes that contention.
+loop, `KILN_INTRA_OP_THREADS` below the core count removes that contention. The clients run on
+the same 2 cores too: the "HTTP cost per token" lines add the event loop's and the load
+generator's CPU per token to the in-process step, which bounds what a 1-client HTTP run can reach
+here.
+
+The TPOT target (p99 at 8 clients ≤ 3 × p50 at 1 client) assumes a batch-8 step costs little more
+than a batch-1 step, as it does while the weights' bytes dominate (fp32). An int4 step reads four
+to eight times fewer bytes, so at batch 8 its integer MatMul kernels do most of the work and the
+step costs several batch-1 steps in any runtime: the two "TPOT p99 at batch 8 / TPOT p50 at
+batch 1" rows under the int4 ones measure that ratio with no HTTP at all, for Kiln's engine and
+for onnxruntime-genai, and a ratio above 3 there is the floor under the HTTP row.
 
 The machine may also be shared: the load average above says how busy it was."""
+
+
+def http_budget(res: dict, pyspy: dict) -> list[str]:
+    """What one streamed token costs over HTTP beside the decode step, from this run's parts: the
+    event loop's Python time (py-spy) and the load generator's CPU (on the same 2 cores), against
+    the in-process step. step / (step + both) is about the most a 1-client HTTP run can reach
+    here; its measured ratio beside it says whether anything else is lost."""
+    loop_us = pyspy.get("us_per_token", {}).get("event loop")
+    if loop_us is None:
+        return []
+    out = []
+    for http, inproc, what in (("kiln-http", "kiln", "fp32"), ("kiln-http-int4", "kiln-int4", "int4")):
+        h1, k1 = _get(res, http, 1), _get(res, inproc, 1)
+        if not (h1 and k1 and k1["tpot_p50"] > 0 and h1.get("client_us_per_token") is not None):
+            continue
+        step_us, client_us = 1000 * k1["tpot_p50"], h1["client_us_per_token"]
+        bound = step_us / (step_us + loop_us + client_us)  # both on the cores the step's threads use
+        out.append(
+            f"- {what}, 1 client: decode step {step_us:.0f} µs + event loop {loop_us:.0f} µs + load generator "
+            f"{client_us:.0f} µs per token: at most {bound:.2f}× in-process on these shared cores; "
+            f"measured {h1['tok_s'] / k1['tok_s']:.2f}×."
+        )
+    if not out:
+        return []
+    head = (
+        f"**HTTP cost per token beside the step** (event loop: the py-spy profile above, at {pyspy.get('clients')} "
+        "clients, whose streams share each wake-up, so at 1 client it is if anything more; load generator: the table)"
+    )
+    return [head, "", *out, ""]
 
 
 def _get(res: dict, backend: str, batch: int) -> dict | None:
@@ -752,6 +810,15 @@ def ratios(res: dict, name: str = "") -> list[tuple[str, float, str, str]]:
         ("Kiln int4 / Kiln fp32, batch 1 (tok/s)", q1, k1, "tok_s", "tok_s", 2.3 if name == "110M" else None, ">="),
         ("Kiln int4 / Kiln fp32, batch 8 (tok/s)", q8, k8, "tok_s", "tok_s", 1.0, ">="),
         ("Kiln int4 / ort-genai int4, batch 8 (tok/s)", q8, g8, "tok_s", "tok_s", None, ""),
+        (
+            "TPOT p50, ort-genai int4 batch 1 / Kiln int4 batch 1 (decode step alone)",
+            g1,
+            q1,
+            "tpot_p50",
+            "tpot_p50",
+            None,
+            "",
+        ),
         ("Kiln int4, 8-bit head / ort-genai int4, batch 1 (tok/s)", w1, g1, "tok_s", "tok_s", None, ""),
         ("Kiln int4, 8-bit head / ort-genai int4, batch 8 (tok/s)", w8, g8, "tok_s", "tok_s", None, ""),
         ("Kiln int8 / Kiln fp32, batch 1 (tok/s)", e1, k1, "tok_s", "tok_s", None, ""),

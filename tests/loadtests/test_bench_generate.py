@@ -60,3 +60,24 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     assert "**HTTP server profile**" in text
     if shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists():
         assert "| event loop |" in text and "µs per token" in text, text
+        assert "**HTTP cost per token beside the step**" in text and "- int4, 1 client: decode step" in text
+    assert "- Kiln int4 decode step, batch 1:" in text and "- kiln int4 graph:" in text  # the int4 profile
+
+
+def test_the_http_budget_line_adds_the_loop_and_the_clients_to_the_step() -> None:
+    sys.path.insert(0, str(ROOT / "loadtests"))
+    import bench_generate
+
+    res = {
+        "kiln-int4": [{"batch": 1, "tpot_p50": 1.0, "tok_s": 1000.0}],
+        "kiln-http-int4": [{"batch": 1, "client_us_per_token": 150.0, "tok_s": 700.0}],
+        "kiln": [{"batch": 1, "tpot_p50": 5.0, "tok_s": 200.0}],
+        "kiln-http": [{"batch": 1, "client_us_per_token": None, "tok_s": 190.0}],  # no client CPU: no line
+    }
+    lines = bench_generate.http_budget(res, {"us_per_token": {"event loop": 100.0}, "clients": 32})
+    budget = [line for line in lines if line.startswith("- ")]
+    assert budget == [
+        "- int4, 1 client: decode step 1000 µs + event loop 100 µs + load generator 150 µs per token: "
+        "at most 0.80× in-process on these shared cores; measured 0.70×."
+    ]
+    assert bench_generate.http_budget(res, {"us_per_token": {}}) == []  # no profile: nothing claimed
