@@ -35,7 +35,7 @@ endif
 
 PORT ?= 8000
 
-.PHONY: install models export serve background-demos browser-tools test lint bench bench-generate bench-classify bench-context bench-reuse eval clean proto triton-tools loadtest soak deploy-tools
+.PHONY: install models export serve background-demos browser-tools test lint bench bench-generate bench-step bench-classify bench-context bench-reuse eval clean proto triton-tools loadtest soak deploy-tools
 
 install: $(VENV)/.installed
 
@@ -140,7 +140,7 @@ lint: install
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
-bench: bench-generate bench-classify bench-context bench-reuse
+bench: bench-generate bench-step bench-classify bench-context bench-reuse
 
 bench-generate: install
 	$(PY) -m pip install -q -e '.[export,dev,bench]'
@@ -166,6 +166,11 @@ bench-context: install
 # the random-weight 110M config: TTFT, chat replay, tok/s and acceptance -> docs/benchmarks.md
 bench-reuse: install $(REPO)/demo-lm/kiln.json
 	$(PY) loadtests/bench_reuse.py --repository $(REPO) --name demo-lm --out docs/benchmarks.md
+
+# The int4 decode step alone, Kiln beside onnxruntime-genai, interleaved in each of several processes
+# (30M, 110M, qwen2-110M; batch 1 and 8) -> docs/benchmarks.md (its own section)
+bench-step: install
+	$(PY) loadtests/bench_step.py --out docs/benchmarks.md
 
 bench-classify: install $(REPO)/demo-vit/kiln.json
 	$(PY) loadtests/bench_classify.py --repository $(REPO) --name demo-vit --checkpoint $(CKPT_VISION) --out docs/vision.md

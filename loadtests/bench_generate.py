@@ -447,17 +447,23 @@ WORKERS = {
 }
 
 
-def run_worker(backend: str, spec_file: Path, sizes: list[int], new: int, threads: int) -> dict:
+def run_script_worker(script: Path, args: list[str], threads: int, what: str) -> dict:
+    """`script` run as a fresh worker process (its own threads, its own memory placement): the
+    last JSON line it prints."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["TOKENIZERS_PARALLELISM"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", backend, "--spec", str(spec_file)]
-    cmd += ["--sizes", ",".join(map(str, sizes)), "--new-tokens", str(new), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {backend} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{what} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1])
+
+
+def run_worker(backend: str, spec_file: Path, sizes: list[int], new: int, threads: int) -> dict:
+    args = ["--worker", backend, "--spec", str(spec_file), "--sizes", ",".join(map(str, sizes))]
+    args += ["--new-tokens", str(new), "--threads", str(threads)]
+    return run_script_worker(Path(__file__).resolve(), args, threads, f"worker {backend}")
 
 
 # ---------------------------------------------------------------------------------------------

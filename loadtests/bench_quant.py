@@ -44,7 +44,7 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
     block = QuantConfig().block_size
     extra: dict = {"step_bytes": {}}
     if any(b in KILN_VARIANTS for b in wanted):
-        entry, files = _quant_export(hf, base / "kiln_quant_repo", f"bench-{name.lower()}", QuantConfig(), log)
+        entry, files = quant_export(hf, base / "kiln_quant_repo", f"bench-{name.lower()}", QuantConfig(), log)
         extra["kiln_quant_model"] = str(entry)
         # kiln-int4 and kiln-http-int4 serve the same graph: read each variant's file once.
         per_variant = {v: step_weight_bytes(entry / files[v]) for v in dict.fromkeys(KILN_VARIANTS.values())}
@@ -52,7 +52,7 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
             extra["step_bytes"][backend] = per_variant[variant]
     if HEAD8 in wanted:
         head8 = QuantConfig(head_bits=8)
-        entry, files = _quant_export(hf, base / "kiln_head8_repo", f"bench-{name.lower()}", head8, log)
+        entry, files = quant_export(hf, base / "kiln_head8_repo", f"bench-{name.lower()}", head8, log)
         extra["kiln_head8_model"] = str(entry)
         extra["step_bytes"][HEAD8] = step_weight_bytes(entry / files["int4"])
     if "ort-genai-int4" in wanted:
@@ -76,7 +76,7 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
     return extra
 
 
-def _quant_export(hf: Path, repo: Path, name: str, quant, log: Callable[[str], None]) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
+def quant_export(hf: Path, repo: Path, name: str, quant, log: Callable[[str], None]) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
     """A Kiln export with the int8/int4 variants under `quant`'s settings, kept between runs while
     its report's quantization settings are these: (its entry, its manifest's files)."""
     from dataclasses import replace
