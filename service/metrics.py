@@ -133,9 +133,10 @@ class Metrics(EngineObserver):
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def _child(self, metric: Counter | Histogram, *labels: str):  # type: ignore[no-untyped-def]
-        """A labelled child, looked up once: the engine observes every token, and prometheus_client's
-        `labels()` (validation and a lock) cost several times the observation itself."""
+    def _child(self, metric: Counter | Gauge | Histogram, *labels: str):  # type: ignore[no-untyped-def]
+        """A labelled child, looked up once: the engine observes every token and every step, and
+        prometheus_client's `labels()` (validation and a lock) costs several times the observation
+        itself (17.7 µs per streamed token in bench-generate's py-spy profile at 32 clients)."""
         key = (metric, labels)
         child = self._children.get(key)
         if child is None:
@@ -144,20 +145,20 @@ class Metrics(EngineObserver):
 
     # EngineObserver
     def queue_depth(self, model: str, depth: int) -> None:
-        self.queue.labels(model).set(depth)
+        self._child(self.queue, model).set(depth)
 
     def queue_time(self, model: str, seconds: float) -> None:
-        self.queue_s.labels(model).observe(seconds)
+        self._child(self.queue_s, model).observe(seconds)
 
     def slots(self, model: str, in_use: int, total: int) -> None:
-        self.slots_used.labels(model).set(in_use)
-        self.slots_total.labels(model).set(total)
+        self._child(self.slots_used, model).set(in_use)
+        self._child(self.slots_total, model).set(total)
 
     def batch_size(self, model: str, size: int) -> None:
         self._child(self.batch, model).observe(size)
 
     def ttft(self, model: str, seconds: float) -> None:
-        self.ttft_s.labels(model).observe(seconds)
+        self._child(self.ttft_s, model).observe(seconds)
 
     def inter_token(self, model: str, seconds: float) -> None:
         self._child(self.itl_s, model).observe(seconds)
@@ -166,16 +167,16 @@ class Metrics(EngineObserver):
         self._child(self.generated_tokens, model, protocol).inc(count)
 
     def rejected(self, model: str, reason: str) -> None:
-        self.rejections.labels(model, reason).inc()
+        self._child(self.rejections, model, reason).inc()
 
     def speculation(self, model: str, proposed: int, accepted: int) -> None:
-        self.spec_proposed.labels(model).inc(proposed)
-        self.spec_accepted.labels(model).inc(accepted)
-        self.spec_steps.labels(model).inc()
+        self._child(self.spec_proposed, model).inc(proposed)
+        self._child(self.spec_accepted, model).inc(accepted)
+        self._child(self.spec_steps, model).inc()
 
     def prefix_cache(self, model: str, queried: int, hit: int) -> None:
-        self.prefix_queries.labels(model).inc(queried)
-        self.prefix_hits.labels(model).inc(hit)
+        self._child(self.prefix_queries, model).inc(queried)
+        self._child(self.prefix_hits, model).inc(hit)
 
     def prefix_host(self, model: str, direction: str, tokens: int) -> None:
-        self.prefix_host_tokens.labels(model, direction).inc(tokens)
+        self._child(self.prefix_host_tokens, model, direction).inc(tokens)

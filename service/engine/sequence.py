@@ -54,7 +54,7 @@ class ActiveSequence:
     def choose(self, logits: np.ndarray) -> int:
         """The next token under the request's sampling, bans and constraint."""
         if self.fast_greedy:
-            return int(np.argmax(logits))  # what sample_token returns, without the float64 copy
+            return int(logits.argmax())  # what sample_token returns, without the float64 copy or np.argmax's wrapper
         params = self.req.sampling
         seen = np.flatnonzero(self.seen) if params.repetition_penalty != 1.0 else _EMPTY
         banned = self.ends_early if self.generated < self.req.min_tokens else None
