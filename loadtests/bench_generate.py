@@ -545,11 +545,23 @@ def kept_sections(doc: Path) -> str:
     return "".join("\n\n" + m.group(0) for m in re.finditer(pattern, doc.read_text(), re.S))
 
 
+# The vector extensions ONNX Runtime's kernels dispatch on: int4/int8 MatMulNBits runs one code
+# path on AVX2 and another on AVX-512 VNNI, and the zero points cost 9% of a step on one, 0-4% on the
+# other (docs/benchmarks.md), so a table is only comparable with another from the same ISA.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def cpu_model() -> str:
+    """The CPU's model name and the ISA_FLAGS it has, e.g. "AMD EPYC (avx2, fma)"."""
     try:
+        name, flags = "", set()
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+        if name:
+            return f"{name} ({', '.join(f for f in ISA_FLAGS if f in flags) or 'no AVX2'})"
     except OSError:
         pass
     return platform.processor() or "unknown"
@@ -631,7 +643,8 @@ def render(meta: dict, results: dict, models: dict, args: argparse.Namespace, pr
             "",
             f"{model['params'] / 1e6:.1f} M parameters; {model['step_weight_bytes'] / 2**20:.1f} MiB of weights "
             f"read per decode step; **bandwidth bound {bound:.1f} tok/s per sequence** "
-            f"({bw['read_gbs']:.1f} GB/s ÷ {model['step_weight_bytes'] / 1e6:.1f} MB).",
+            f"({bw['read_gbs']:.1f} GB/s ÷ {model['step_weight_bytes'] / 1e6:.1f} MB)."
+            + (f" Kiln's int8 / int4 exports: {model['kiln_quant_codes']}." if "kiln_quant_codes" in model else ""),
             "",
             "| case | batch / clients | tok/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | TPOT p99 ms "
             "| BW share | slow gaps at a prefill | agree | complete |",

@@ -46,6 +46,7 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
     if any(b in KILN_VARIANTS for b in wanted):
         entry, files = quant_export(hf, base / "kiln_quant_repo", f"bench-{name.lower()}", QuantConfig(), log)
         extra["kiln_quant_model"] = str(entry)
+        extra["kiln_quant_codes"] = f"{'symmetric' if QuantConfig().symmetric else 'asymmetric'} codes, block {block}"
         # kiln-int4 and kiln-http-int4 serve the same graph: read each variant's file once.
         per_variant = {v: step_weight_bytes(entry / files[v]) for v in dict.fromkeys(KILN_VARIANTS.values())}
         for backend, variant in KILN_VARIANTS.items():

@@ -9,10 +9,11 @@ loads every case and interleaves their blocks in a shuffled order, and several w
 (each a fresh placement) are run; a ratio is the median over rounds of the paired per-round
 ratios, reported as the median over processes with its range.
 
-  kiln-int4      Kiln's int4 fused graph under its runner (service/backends/ort_fused.py): the
-                 call the engine makes per step
-  kiln-int4-sym  the same export with symmetric codes (`--quant-symmetric`): what the zero
-                 points cost (docs/quantization.md has what they buy)
+  kiln-int4      Kiln's default int4 export (symmetric codes, as onnxruntime-genai's builder
+                 writes by default) under its runner (service/backends/ort_fused.py): the call
+                 the engine makes per step
+  kiln-int4-asym the same export with a zero point per block (`--quant-asymmetric`): what the
+                 zero points cost (docs/quantization.md has what they buy)
   og-graph       onnxruntime-genai's int4 graph in a plain ONNX Runtime IOBinding loop like
                  Kiln's runner: the two graphs compared with the loop around them held equal
   ort-genai      onnxruntime-genai's own `generate_next_token`
@@ -50,11 +51,11 @@ from bench_quant import prepare as prepare_quant  # noqa: E402 - this script's o
 from bench_quant import quant_export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ("kiln-int4", "kiln-int4-sym", "og-graph", "ort-genai")
+CASES = ("kiln-int4", "kiln-int4-asym", "og-graph", "ort-genai")
 REFERENCE = "ort-genai"
 COMPARISONS = (  # (case, against, what their ratio isolates)
     ("kiln-int4", "og-graph", "the graph: Kiln's against onnxruntime-genai's, both in the same kind of Python loop"),
-    ("kiln-int4", "kiln-int4-sym", "the zero points: Kiln's asymmetric codes against symmetric ones"),
+    ("kiln-int4-asym", "kiln-int4", "the zero points: asymmetric codes against the default symmetric ones"),
     (
         "og-graph",
         "ort-genai",
@@ -164,8 +165,8 @@ def genai_block(og_dir: Path, prompts: list[list[int]], batch: int) -> Callable:
 def make_case(case: str, model: dict, prompts: list[list[int]], batch: int, capacity: int, threads: int) -> Callable:
     if case == "kiln-int4":
         return kiln_block(Path(model["kiln_quant_model"]), prompts, batch, capacity, threads)
-    if case == "kiln-int4-sym":
-        return kiln_block(Path(model["kiln_sym_model"]), prompts, batch, capacity, threads)
+    if case == "kiln-int4-asym":
+        return kiln_block(Path(model["kiln_asym_model"]), prompts, batch, capacity, threads)
     if case == "og-graph":
         return og_graph_block(Path(model["ort_genai_int4"]), prompts, batch, capacity, threads)
     return genai_block(Path(model["ort_genai_int4"]), prompts, batch)
@@ -270,15 +271,15 @@ def prepare(name: str, workdir: Path, threads: int, cases: list[str]) -> dict:
 
     model = prepare_model(name, workdir, threads, ort_genai=False)
     model.update(prepare_quant(model, workdir, threads, ["kiln-int4", "ort-genai-int4"], log))
-    if "kiln-int4-sym" in cases:
+    if "kiln-int4-asym" in cases:
         entry, _ = quant_export(
             Path(model["hf"]),
-            workdir / name / "kiln_sym_repo",
+            workdir / name / "kiln_asym_repo",
             f"bench-{name.lower()}",
-            QuantConfig(symmetric=True),
+            QuantConfig(symmetric=False),
             log,
         )
-        model["kiln_sym_model"] = str(entry)
+        model["kiln_asym_model"] = str(entry)
     return model
 
 

@@ -24,8 +24,11 @@ class QuantConfig:
 
     block_size: weights per scale (and zero point) along the input dimension; a power of two
         ≥ 16 dividing every projection's input size (hidden, heads x head_dim, intermediate).
-    symmetric: codes centred on the fixed zero point 2^(bits-1) (no zero-point tensor) rather
-        than a fitted zero point per block.
+    symmetric: codes centred on the fixed zero point 2^(bits-1) (no zero-point tensor), each
+        block's scale searched for the least rounding error, rather than a fitted zero point per
+        block. Symmetric is onnxruntime-genai's default too; ONNX Runtime's AVX2 int8 kernels
+        spend about 9% of a batch-1 step on zero points (0-4% with AVX-512 VNNI), for which
+        asymmetric codes buy some quality (docs/quantization.md: `kiln-gptq-asym`).
     accuracy_level: MatMulNBits' compute type for the activations; 4 quantizes each activation
         block to int8 (the AVX2/AVX-512 integer kernels), 0 dequantizes to fp32.
     int4_algorithm: "rtn" rounds each block to nearest; "gptq" chooses codes that minimise the
@@ -43,7 +46,7 @@ class QuantConfig:
     """
 
     block_size: int = 32
-    symmetric: bool = False
+    symmetric: bool = True
     accuracy_level: int = 4
     int4_algorithm: str = "gptq"
     head_bits: int = 4

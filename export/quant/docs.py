@@ -59,8 +59,17 @@ def render(report: dict, study: dict | None, memory: list[dict] | None) -> str:
         "`GatherBlockQuantized`. The graph contract does not change, so `FusedOrtLMRunner` serves them as it "
         "serves the fp32 graph: `KILN_LM_VARIANT=int8` or `KILN_LM_VARIANT=int4`.",
         "",
-        f"- weights per block: {cfg['block_size']}; {'symmetric' if cfg['symmetric'] else 'asymmetric'} codes; "
-        f"`accuracy_level` {cfg['accuracy_level']} ("
+        f"- weights per block: {cfg['block_size']}; "
+        + (
+            "symmetric codes (no zero points; each block's scale searched for the least rounding error, "
+            "the outlier clipped where that pays), onnxruntime-genai's default too: on AVX2, ONNX Runtime's "
+            "int8 kernels spend about 9% of a batch-1 decode step on zero points (docs/benchmarks.md, "
+            "bench-step); `--quant-asymmetric` keeps a zero point per block for the quality `kiln-gptq-asym` "
+            "shows below; "
+            if cfg["symmetric"]
+            else "asymmetric codes (a zero point per block); "
+        )
+        + f"`accuracy_level` {cfg['accuracy_level']} ("
         + (
             "activations quantized to int8 per block: ONNX Runtime's integer kernels)"
             if cfg["accuracy_level"] == 4

@@ -4,8 +4,9 @@ Round-to-nearest treats every weight alone. GPTQ quantizes a column's weights on
 channel at a time and pushes each rounding error onto the channels not yet quantized, in
 proportion to how the inputs co-vary (the Hessian H = XᵀX of the layer's inputs), so the
 layer's *output* on real activations moves least. Block parameters (scale, zero point) are
-fitted to the already-compensated weights when a block starts, in the same convention as
-ONNX Runtime's round-to-nearest kernels, and the codes are returned as they are: nothing is
+fitted to the already-compensated weights when a block starts, as round-to-nearest fits them
+(`blocks.quantize_rtn`; a symmetric block's scale search weighs each input by its energy, the
+Hessian's diagonal), and the codes are returned as they are: nothing is
 re-quantized afterwards, so the graph holds exactly the grid GPTQ chose.
 
 ONNX Runtime's own GPTQ (`neural_compressor.gptq_quantize`) returns fake-quantized floats that
@@ -24,7 +25,7 @@ import torch
 from tokenizers import Tokenizer
 
 from export.models.decoder import DecoderLM
-from export.quant.blocks import BlockQuant, from_codes
+from export.quant.blocks import BlockQuant, from_codes, symmetric_scales
 from export.quant.targets import fused_targets
 
 LAZY_COLUMNS = 128  # channels updated together before the rest of the matrix is touched
@@ -101,6 +102,7 @@ def gptq_quantize(
     h[dead, dead] = 1.0
     w[dead, :] = 0.0
     h += damp * torch.mean(torch.diag(h)) * torch.eye(k, dtype=torch.float64)
+    energy = torch.diag(h).to(torch.float32)  # how much each input channel's error weighs
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
 
     codes = torch.zeros(k, n, dtype=torch.int32)
@@ -117,7 +119,8 @@ def gptq_quantize(
             row = i1 + i
             g = row // block_size
             if row % block_size == 0:  # fit the block to the weights as compensated so far
-                scales[g], zeros[g] = _block_params(w1[i : i + block_size], bits, symmetric)
+                fit = _block_params(w1[i : i + block_size], bits, symmetric, energy[row : row + block_size])
+                scales[g], zeros[g] = fit
                 divisor = torch.where(scales[g] == 0, 1.0, scales[g])
             q = torch.clamp(torch.round(w1[i] / divisor) + zeros[g], 0, maxq)
             codes[row] = q.to(torch.int32)
@@ -134,16 +137,18 @@ def gptq_quantize(
     )
 
 
-def _block_params(block: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point per column of a [block, N] slice, as ONNX Runtime's RTN kernels fit them.
+def _block_params(
+    block: torch.Tensor, bits: int, symmetric: bool, energy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per column of a [block, N] slice, as `blocks.quantize_rtn` fits them.
 
-    Symmetric: the entry of largest magnitude maps to code 0 (scale = that entry / -2^(bits-1)),
-    zero point 2^(bits-1). Asymmetric: [min(x, 0), max(x, 0)] spans the codes 0 .. 2^bits - 1.
+    Symmetric: `blocks.symmetric_scales`, each input's error weighed by its energy (the Hessian's
+    diagonal), zero point 2^(bits-1). Asymmetric, as ONNX Runtime's kernels: [min(x, 0),
+    max(x, 0)] spans the codes 0 .. 2^bits - 1.
     """
     if symmetric:
-        lo, hi = block.min(dim=0).values, block.max(dim=0).values
-        extreme = torch.where(hi.abs() > lo.abs(), hi, lo)
-        return extreme / -(2 ** (bits - 1)), torch.full_like(extreme, 2 ** (bits - 1))
+        scale = torch.from_numpy(symmetric_scales(block.numpy(), bits, energy.numpy()))
+        return scale, torch.full_like(scale, 2 ** (bits - 1))
     lo = torch.clamp(block.min(dim=0).values, max=0.0)
     hi = torch.clamp(block.max(dim=0).values, min=0.0)
     scale = (hi - lo) / (2**bits - 1)

@@ -3,7 +3,7 @@
 `python -m export.quant.study --entry model_repository/demo-lm --checkpoint checkpoints/demo-lm`
 builds 4-bit candidates of an exported LM's fp32 fused graph and measures them, in one
 lock-step pass on the export's validation windows (export/quant/quality.py), against that
-graph: Kiln's own packing with other block sizes, symmetric codes, a 4-bit head, fp32
+graph: Kiln's own packing with other block sizes, asymmetric codes, an 8-bit head, fp32
 compute, round-to-nearest, and ONNX Runtime's `MatMulNBitsQuantizer` run on the same graph
 with its RTN, HQQ and GPTQ algorithms. The JSON it writes feeds docs/quantization.md
 (`export.quant.docs`). It measures quality and size only, never speed.
@@ -32,10 +32,10 @@ from export.variants import token_windows
 
 # label → (what differs from the default int4, QuantConfig overrides, algorithm)
 KILN_CANDIDATES: dict[str, tuple[str, dict, str]] = {
-    "kiln-gptq": ("the default int4: GPTQ, head 4-bit, asymmetric, block 32, int8 compute", {}, "gptq"),
+    "kiln-gptq": ("the default int4: GPTQ, head 4-bit, symmetric, block 32, int8 compute", {}, "gptq"),
     "kiln-rtn": ("round-to-nearest instead of GPTQ", {}, "rtn"),
     "kiln-gptq-head8": ("LM head and embedding at 8 bits", {"head_bits": 8}, "gptq"),
-    "kiln-gptq-sym": ("symmetric codes (no zero points)", {"symmetric": True}, "gptq"),
+    "kiln-gptq-asym": ("asymmetric codes (a zero point per block)", {"symmetric": False}, "gptq"),
     "kiln-gptq-b64": ("block size 64", {"block_size": 64}, "gptq"),
     "kiln-gptq-b16": ("block size 16", {"block_size": 16}, "gptq"),
     "kiln-gptq-fp32compute": ("accuracy_level 0: activations stay fp32", {"accuracy_level": 0}, "gptq"),

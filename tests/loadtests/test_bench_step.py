@@ -29,7 +29,7 @@ def test_speed_is_paired_per_round_within_a_process_then_the_median_over_process
     assert speed == {"median": 1.5, "min": 1.0, "max": 2.0}
     assert summary[1]["ms"] == {"kiln-int4": 2.5, "ort-genai": 3.0}  # every block of every process
     assert "ort-genai" not in summary[1]["speed"]  # the reference is not compared with itself
-    assert summary[1]["isolated"] == {}  # no og-graph or sym case ran: nothing isolated
+    assert summary[1]["isolated"] == {}  # no og-graph or asym case ran: nothing isolated
 
 
 def test_the_graph_comparison_pairs_kiln_with_the_og_graph_in_the_same_loop() -> None:
@@ -37,7 +37,7 @@ def test_the_graph_comparison_pairs_kiln_with_the_og_graph_in_the_same_loop() ->
     summary = bench_step.summarize([a], ["kiln-int4", "og-graph", "ort-genai"])
     assert summary[1]["isolated"]["kiln-int4 vs og-graph"]["median"] == 1.5
     assert summary[1]["isolated"]["og-graph vs ort-genai"]["median"] == pytest.approx(4 / 3)
-    assert "kiln-int4 vs kiln-int4-sym" not in summary[1]["isolated"]
+    assert "kiln-int4-asym vs kiln-int4" not in summary[1]["isolated"]
 
 
 def test_the_table_has_a_row_per_model_and_batch_with_every_case() -> None:

@@ -41,14 +41,14 @@ def test_kiln_export_flags_reach_export_checkpoint(monkeypatch, tmp_path) -> Non
     import export.pipeline
 
     monkeypatch.setattr(export.pipeline, "export_checkpoint", fake_export)
-    flags = ["--int4-algorithm", "rtn", "--int4-head-bits", "4", "--quant-block-size", "64", "--quant-symmetric"]
+    flags = ["--int4-algorithm", "rtn", "--int4-head-bits", "4", "--quant-block-size", "64", "--quant-asymmetric"]
     flags += ["--int8-ppl-budget", "0.25", "--int4-ppl-budget", "3", "--quant-accuracy-level", "0"]
     main(["export", "--checkpoint", str(tmp_path), *flags])
     assert seen["quant"] == QuantConfig(
         int4_algorithm="rtn",
         head_bits=4,
         block_size=64,
-        symmetric=True,
+        symmetric=False,
         int8_budget_pct=0.25,
         int4_budget_pct=3.0,
         accuracy_level=0,

@@ -85,7 +85,9 @@ def test_the_fused_runner_serves_the_quantized_graph_greedily(tiny_quant_lm_repo
 def test_an_export_over_its_perplexity_budget_fails_and_writes_nothing(tiny_quant_lm_repo, tmp_path) -> None:
     _, _, report = entry_of(tiny_quant_lm_repo)
     cost = report["int4_perplexity_increase_pct"]
-    assert cost > 0  # random weights, but quantization noise still costs something measurable
+    # Random weights: quantization noise moves perplexity measurably, either way; a budget under
+    # what it moved fails the export.
+    assert abs(cost) > 1e-3
     ckpt = tiny_quant_lm_repo.parent / "checkpoints" / "tiny-lm"
     repo = tmp_path / "repo"
     with pytest.raises(QuantBudgetError, match=r"int4 perplexity .* \(budget \+[0-9.e-]+%, --int4-ppl-budget"):
@@ -95,6 +97,6 @@ def test_an_export_over_its_perplexity_budget_fails_and_writes_nothing(tiny_quan
             "tiny-lm",
             val_texts=TINY_TEXT,
             calib_texts=TINY_TEXT,
-            quant=QuantConfig(int4_budget_pct=cost / 2),
+            quant=QuantConfig(int4_budget_pct=cost - abs(cost) / 2),
         )
     assert not repo.exists() or list(repo.iterdir()) == []
