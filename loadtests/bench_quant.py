@@ -41,12 +41,13 @@ def prepare(model: dict, workdir: Path, threads: int, backends: list[str], log: 
         return {}
     name, hf = model["name"], Path(model["hf"])
     base = workdir / name
-    block = QuantConfig().block_size
+    default = QuantConfig()
+    block = default.block_size
     extra: dict = {"step_bytes": {}}
     if any(b in KILN_VARIANTS for b in wanted):
-        entry, files = quant_export(hf, base / "kiln_quant_repo", f"bench-{name.lower()}", QuantConfig(), log)
+        entry, files = quant_export(hf, base / "kiln_quant_repo", f"bench-{name.lower()}", default, log)
         extra["kiln_quant_model"] = str(entry)
-        extra["kiln_quant_codes"] = f"{'symmetric' if QuantConfig().symmetric else 'asymmetric'} codes, block {block}"
+        extra["kiln_quant_codes"] = f"{'symmetric' if default.symmetric else 'asymmetric'} codes, block {block}"
         # kiln-int4 and kiln-http-int4 serve the same graph: read each variant's file once.
         per_variant = {v: step_weight_bytes(entry / files[v]) for v in dict.fromkeys(KILN_VARIANTS.values())}
         for backend, variant in KILN_VARIANTS.items():

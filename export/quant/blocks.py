@@ -65,28 +65,44 @@ def symmetric_scales(blocks: np.ndarray, bits: int, importance: np.ndarray | Non
     Σ importance_b (w - ŵ)² is least. `importance` [..., B] weighs the block's inputs (GPTQ: the
     Hessian's diagonal, the inputs' energy); None weighs them alike. Factor 1 is a candidate,
     so no block rounds worse than ONNX Runtime's fit."""
-    half = 2 ** (bits - 1)
     blocks = blocks.astype(np.float32, copy=False)
     lo, hi = blocks.min(axis=-2), blocks.max(axis=-2)
-    outlier = np.where(np.abs(hi) > np.abs(lo), hi, lo) / -half
+    outlier = np.where(np.abs(hi) > np.abs(lo), hi, lo) / -(2 ** (bits - 1))
     weight = np.float32(1.0) if importance is None else importance.astype(np.float32)[..., None]
     best, least = outlier, np.full(outlier.shape, np.inf, np.float32)
     for factor in SHRINK:
         scale = outlier * factor
-        safe = np.where(scale == 0, np.float32(1.0), scale)[..., None, :]
-        codes = np.clip(np.rint(blocks / safe), -half, half - 1)
-        err = (((codes * safe - blocks) ** 2) * weight).sum(axis=-2)
+        err = (((_signed_codes(blocks, scale, bits) * scale[..., None, :] - blocks) ** 2) * weight).sum(axis=-2)
         better = err < least
         best, least = np.where(better, scale, best), np.where(better, err, least)
     return best
+
+
+def _signed_codes(blocks: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    """`blocks` [..., B, N] rounded onto `scale` [..., N]: codes -2^(bits-1) .. 2^(bits-1) - 1 (a
+    zero scale is an all-zero block, whose codes are 0)."""
+    half = 2 ** (bits - 1)
+    safe = np.where(scale == 0, np.float32(1.0), scale)[..., None, :]
+    return np.clip(np.rint(blocks / safe), -half, half - 1)
 
 
 def quantize_rtn(weight: np.ndarray, bits: int, block_size: int, symmetric: bool) -> BlockQuant:
     """Round-to-nearest block quantization of W [K, N]: asymmetric by ONNX Runtime's kernels,
     symmetric on `symmetric_scales`."""
     _check(weight.shape[0], bits, block_size)
-    if symmetric:
-        return _symmetric_rtn(weight, bits, block_size)
+    if not symmetric:
+        return onnxruntime_rtn(weight, bits, block_size, symmetric=False)
+    k, n = weight.shape
+    blocks = np.asarray(weight, np.float32).reshape(k // block_size, block_size, n)
+    scales = symmetric_scales(blocks, bits)  # [K / block, N]
+    codes = (_signed_codes(blocks, scales, bits) + 2 ** (bits - 1)).reshape(k, n)
+    return from_codes(np.ascontiguousarray(codes.T), np.ascontiguousarray(scales.T), None, bits, block_size)
+
+
+def onnxruntime_rtn(weight: np.ndarray, bits: int, block_size: int, symmetric: bool) -> BlockQuant:
+    """ONNX Runtime's own round-to-nearest fit of W [K, N] (what `MatMulNBitsQuantizer` calls):
+    Kiln's asymmetric codes, and the reference its symmetric scale search starts from."""
+    _check(weight.shape[0], bits, block_size)
     k, n = weight.shape
     blocks = k // block_size
     packed = np.zeros((n, blocks, block_size * bits // 8), np.uint8)
@@ -95,16 +111,6 @@ def quantize_rtn(weight: np.ndarray, bits: int, block_size: int, symmetric: bool
     kernel = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
     kernel(packed, np.ascontiguousarray(weight, np.float32), scales, zero, block_size, n, k, symmetric)
     return BlockQuant(packed, scales, None if symmetric else zero, bits, block_size)
-
-
-def _symmetric_rtn(weight: np.ndarray, bits: int, block_size: int) -> BlockQuant:
-    k, n = weight.shape
-    half = 2 ** (bits - 1)
-    blocks = np.asarray(weight, np.float32).reshape(k // block_size, block_size, n)
-    scales = symmetric_scales(blocks, bits)  # [K / block, N]
-    safe = np.where(scales == 0, np.float32(1.0), scales)[:, None, :]
-    codes = np.clip(np.rint(blocks / safe) + half, 0, 2 * half - 1).reshape(k, n)
-    return from_codes(np.ascontiguousarray(codes.T), np.ascontiguousarray(scales.T), None, bits, block_size)
 
 
 def from_codes(

@@ -44,7 +44,7 @@ def matmul_nbits(q, x: np.ndarray, accuracy_level: int) -> np.ndarray:  # type: 
 def test_packing_codes_reproduces_onnxruntimes_bytes(bits: int, symmetric: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     if symmetric:  # the outlier's scale alone is ONNX Runtime's own symmetric fit: the same bytes
         monkeypatch.setattr(blocks, "SHRINK", np.ones(1, np.float32))
-        ort_q = blocks.BlockQuant(*_ort_rtn(weight(), bits, symmetric=True), bits, BLOCK)
+        ort_q = blocks.onnxruntime_rtn(weight(), bits, BLOCK, symmetric=True)
         q = quantize_rtn(weight(), bits, BLOCK, True)
         assert np.array_equal(q.packed, ort_q.packed)
         np.testing.assert_array_equal(q.scales, ort_q.scales)
@@ -58,28 +58,17 @@ def test_packing_codes_reproduces_onnxruntimes_bytes(bits: int, symmetric: bool,
         assert (np.abs(dequantize(q) - weight()) <= step * 0.5 + 1e-6).all()
 
 
-def _ort_rtn(w: np.ndarray, bits: int, symmetric: bool) -> tuple:
-    k, n = w.shape
-    packed = np.zeros((n, k // BLOCK, BLOCK * bits // 8), np.uint8)
-    zero = np.zeros((n, -(-k // BLOCK * bits // 8)), np.uint8)
-    scales = np.zeros((n, k // BLOCK), np.float32)
-    kernel = blocks.quantize_matmul_4bits if bits == 4 else blocks.quantize_matmul_8bits
-    kernel(packed, np.ascontiguousarray(w), scales, zero, BLOCK, n, k, symmetric)
-    return packed, scales, None if symmetric else zero
-
-
 @pytest.mark.parametrize("bits", [4, 8])
 def test_searched_symmetric_scales_never_round_worse_than_the_outliers(bits: int) -> None:
     w = weight(4)
     w[::7, ::5] *= 6.0  # outliers, which the outlier's scale spends the grid on
-    searched = quantize_rtn(w, bits, BLOCK, True)
-    half = 2 ** (bits - 1)
     blocked = w.reshape(K // BLOCK, BLOCK, N)
-    lo, hi = blocked.min(axis=1), blocked.max(axis=1)
-    outlier = (np.where(np.abs(hi) > np.abs(lo), hi, lo) / -half)[:, None, :]
-    plain = np.clip(np.rint(blocked / outlier), -half, half - 1) * outlier
-    err_plain = ((plain - blocked) ** 2).sum(axis=1)
-    err_searched = ((dequantize(searched).reshape(K // BLOCK, BLOCK, N) - blocked) ** 2).sum(axis=1)
+
+    def block_errors(q: blocks.BlockQuant) -> np.ndarray:
+        return ((dequantize(q).reshape(K // BLOCK, BLOCK, N) - blocked) ** 2).sum(axis=1)
+
+    err_plain = block_errors(blocks.onnxruntime_rtn(w, bits, BLOCK, symmetric=True))  # the outlier's scale
+    err_searched = block_errors(quantize_rtn(w, bits, BLOCK, True))
     assert (err_searched <= err_plain * (1 + 1e-5) + 1e-12).all()
     if bits == 4:  # 16 levels: clipping the outlier pays on many blocks (7% less error here); 256: hardly
         assert err_searched.sum() < 0.95 * err_plain.sum()
